@@ -1,0 +1,29 @@
+"""`dfgen index OUT`: validate every shard against its sidecar and rebuild index.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dfgen.errors import DfgenError
+from dfgen.shards import shard_done, shard_paths
+
+
+def rebuild_index(out: Path) -> str:
+    """Check all shards (sha256 against sidecars); write index.json and dataset.json when complete.
+    Needs no teacher. Returns a one-line summary; raises DfgenError listing missing or damaged shards."""
+    from dfgen.synthesize import CONFIG_FILE, finalize, plan_from_description
+
+    config_path = Path(out) / CONFIG_FILE
+    if not config_path.is_file():
+        raise DfgenError(f"{config_path} not found: {out} is not a dfgen synthesize output directory")
+    plan = plan_from_description(json.loads(config_path.read_text())["dataset"])
+    bad = [k for k in range(plan.num_shards) if not shard_done(out, k, len(plan.shard_range(k)))]
+    if bad:
+        names = ", ".join(shard_paths(out, k)[0].name for k in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise DfgenError(
+            f"{len(bad)} of {plan.num_shards} shard(s) missing or damaged: {names}; rerun the synthesize command "
+            "to make them"
+        )
+    finalize(Path(out))
+    return f"{out}: {plan.num_shards} shard(s), {plan.n} images, all sha256 verified; index.json written"

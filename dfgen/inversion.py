@@ -1,0 +1,234 @@
+"""The inversion engine: optimise one batch of images against a frozen teacher through the
+multi-resolution schedule. One batch in, uint8 images and per-image facts out; no I/O here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dfgen import losses as L
+from dfgen.config import LossWeights
+from dfgen.errors import SynthesisError
+from dfgen.teachers import classifier_of
+
+
+@dataclass
+class EngineSettings:
+    schedule: list[tuple[int, int]]
+    weights: LossWeights
+    lr: float = 0.25
+    warmup: int = 100
+    upsample: str = "bilinear"
+    jitter_fraction: float = 0.125
+    flip: bool = True
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    log_every: int = 50
+    channels_last: bool = False
+
+
+@dataclass
+class BatchResult:
+    images: Tensor  # uint8 (B, C, H, W) on the CPU
+    target_prob: Tensor  # teacher probability of the target label on the quantised images
+    predicted: Tensor  # teacher top-1 on the quantised images
+    losses: dict[str, float]  # the last logged loss terms of the last stage
+    lr_scale: float  # 1.0, or the lowered scale of a retry after a non-finite loss
+
+
+class TeacherProbe(nn.Module):
+    """Runs the teacher once and returns logits, the penultimate embedding and the per-layer
+    BatchNorm statistic losses, collected by hooks (no activations are kept)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.bn_layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self._bn_losses: list[Tensor] = []
+        self._embedding: Tensor | None = None
+        self.recording = False
+        self._handles = [m.register_forward_hook(self._bn_hook) for m in self.bn_layers]
+        self._handles.append(classifier_of(model).register_forward_pre_hook(self._embedding_hook))
+
+    def _bn_hook(self, module: nn.BatchNorm2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if self.recording:
+            mean, var = L.channel_stats(inputs[0])
+            self._bn_losses.append(L.bn_layer_loss(mean, var, module.running_mean, module.running_var))
+
+    def _embedding_hook(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if self.recording:
+            self._embedding = inputs[0].flatten(1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        self._bn_losses, self._embedding = [], None
+        self.recording = True
+        try:
+            logits = self.model(x)
+        finally:
+            self.recording = False
+        return logits, self._embedding, self._bn_losses
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def lr_at(iteration: int, iterations: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` iterations, then cosine to 0 at the end of the stage."""
+    warmup = min(warmup, iterations // 2)
+    if iteration < warmup:
+        return base_lr * (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, iterations - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def objective(
+    logits: Tensor,
+    embedding: Tensor,
+    bn_layer_losses: list[Tensor],
+    jittered: Tensor,
+    labels: Tensor,
+    weights: LossWeights,
+) -> dict[str, Tensor]:
+    """All terms of eq. 8 and their weighted total (fp32)."""
+    terms = {
+        "ce": F.cross_entropy(logits.float(), labels),
+        "bn": L.bn_loss(bn_layer_losses, weights.first_bn_multiplier),
+        "tv_l2": L.tv_l2(jittered) if weights.tv_l2 else None,
+        "tv_l1": L.tv_l1(jittered) if weights.tv_l1 else None,
+        "l2": L.l2_prior(jittered) if weights.l2 else None,
+    }
+    if weights.ep or weights.triplet:
+        distances = L.pairwise_distances(embedding)
+        mining = L.mine(distances, labels)
+        terms["ep"] = L.easy_positive_loss(distances, mining)
+        terms["triplet"] = L.triplet_loss(distances, mining, weights.margin)
+    terms = {k: v for k, v in terms.items() if v is not None}
+    total = terms["ce"]
+    for key, value in terms.items():
+        if key != "ce":
+            total = total + getattr(weights, key) * value.float()
+    terms["total"] = total
+    return terms
+
+
+class InversionEngine:
+    """Inverts batches for one teacher. Random draws come only from the batch seed (CPU generator),
+    so a batch's images do not depend on the device index, the rank or the order of batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        settings: EngineSettings,
+        device: torch.device,
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        model = model.to(device).eval().requires_grad_(False)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.probe = TeacherProbe(model)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
+        self.in_chans = len(mean)
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def invert(
+        self,
+        labels: Tensor,
+        seed: int,
+        on_log: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    ) -> BatchResult:
+        """Optimise a batch for `labels`; retry once with a 10x lower lr if the loss goes non-finite."""
+        try:
+            return self._invert(labels, seed, 1.0, on_log)
+        except _NonFinite:
+            try:
+                return self._invert(labels, seed, 0.1, on_log)
+            except _NonFinite as exc:
+                raise SynthesisError(
+                    f"the loss of the batch with seed {seed} became non-finite ({exc}) and again after a retry "
+                    "with a 10x lower learning rate; lower --lr or the loss weights"
+                ) from None
+
+    def _invert(self, labels: Tensor, seed: int, lr_scale: float, on_log) -> BatchResult:
+        s = self.settings
+        generator = torch.Generator().manual_seed(seed)
+        labels = labels.to(self.device)
+        batch = labels.shape[0]
+        first_res = s.schedule[0][0]
+        x = torch.randn(batch, self.in_chans, first_res, first_res, generator=generator).to(self.device)
+        scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
+        logged: dict[str, float] = {}
+        for resolution, iterations in s.schedule:
+            if x.shape[-1] != resolution:
+                align = {"align_corners": False} if s.upsample == "bilinear" else {}
+                x = F.interpolate(x, size=(resolution, resolution), mode=s.upsample, **align)
+                x = torch.maximum(torch.minimum(x, self.high), self.low)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.detach().requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=s.lr * lr_scale, betas=(0.5, 0.9), eps=1e-8)
+            # All of the stage's jitter and flips drawn up front, from the batch's generator.
+            max_shift = int(resolution * s.jitter_fraction)
+            shifts = torch.randint(-max_shift, max_shift + 1, (iterations, 2), generator=generator).tolist()
+            flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
+            for it in range(iterations):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(it, iterations, s.lr * lr_scale, s.warmup)
+                jittered = torch.roll(x, shifts=shifts[it], dims=(2, 3)) if max_shift else x
+                if s.flip and flips[it]:
+                    jittered = jittered.flip(3)
+                with self._autocast():
+                    logits, embedding, bn_terms = self.probe(jittered)
+                terms = objective(logits, embedding, bn_terms, jittered, labels, s.weights)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(terms["total"]).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    terms["total"].backward()
+                    optimizer.step()
+                with torch.no_grad():
+                    x.copy_(torch.maximum(torch.minimum(x, self.high), self.low))
+                last = it == iterations - 1
+                if last or (s.log_every and (it + 1) % s.log_every == 0):
+                    # The only host sync of the loop, every log_every iterations.
+                    logged = {k: float(v.detach()) for k, v in terms.items()}
+                    if not math.isfinite(logged["total"]):
+                        raise _NonFinite(f"stage {resolution}px iteration {it + 1}: total={logged['total']}")
+                    if on_log is not None:
+                        on_log(f"{resolution}px", it + 1, iterations, logged)
+        if not torch.isfinite(x).all():
+            raise _NonFinite("non-finite pixels")
+        images, target_prob, predicted = self._finish(x.detach(), labels)
+        return BatchResult(images, target_prob, predicted, logged, lr_scale)
+
+    @torch.no_grad()
+    def _finish(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Quantise to uint8 and re-run the teacher on exactly the pixels that will be written."""
+        images = ((x.float() * self.std + self.mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        normalised = (images.float() / 255 - self.mean) / self.std
+        with self._autocast():
+            logits = self.probe.model(normalised)
+        probs = logits.float().softmax(dim=1)
+        target_prob = probs.gather(1, labels[:, None]).squeeze(1)
+        return images.cpu().contiguous(), target_prob.cpu(), probs.argmax(dim=1).cpu()
+
+
+class _NonFinite(Exception):
+    pass

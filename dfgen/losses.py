@@ -1,0 +1,111 @@
+"""The terms of the DF-DearKD inversion objective (SPEC section 2), as small pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel batch mean and biased variance over (N, H, W), in one pass, in fp32."""
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
+    return mean, var
+
+
+def bn_layer_loss(mean: Tensor, var: Tensor, running_mean: Tensor, running_var: Tensor) -> Tensor:
+    """||mu - running_mean||_2 + ||var - running_var||_2 (plain norms, not squared)."""
+    return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+
+
+def bn_loss(layer_losses: list[Tensor], first_bn_multiplier: float = 10.0) -> Tensor:
+    """R_BN = sum_l m_l * layer_loss_l with m = first_bn_multiplier for the first BN layer, 1 after."""
+    if not layer_losses:
+        raise ValueError("no BatchNorm statistics were recorded")
+    return first_bn_multiplier * layer_losses[0] + sum(layer_losses[1:], torch.zeros_like(layer_losses[0]))
+
+
+def _neighbour_differences(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Differences to the right, down, and along both diagonals."""
+    return (
+        x[:, :, :, :-1] - x[:, :, :, 1:],
+        x[:, :, :-1, :] - x[:, :, 1:, :],
+        x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
+        x[:, :, :-1, :-1] - x[:, :, 1:, 1:],
+    )
+
+
+def tv_l2(x: Tensor) -> Tensor:
+    """Sum over the four directions of the L2 norm of the whole batch's neighbour differences.
+
+    Taken over the batch (not per image), as in the DeepInversion reference, whose weight 1e-4 was
+    tuned for this form."""
+    return sum(torch.linalg.vector_norm(d) for d in _neighbour_differences(x))
+
+
+def tv_l1(x: Tensor) -> Tensor:
+    """Sum over the four directions of the mean absolute neighbour difference."""
+    return sum(d.abs().mean() for d in _neighbour_differences(x))
+
+
+def l2_prior(x: Tensor) -> Tensor:
+    """Mean over images of ||x_i||_2."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1).mean()
+
+
+def pairwise_distances(embeddings: Tensor) -> Tensor:
+    """Euclidean distances between L2-normalised embeddings, in [0, 2].
+
+    Computed as sqrt(2 - 2 cos) clamped away from 0, so the gradient stays finite on the diagonal."""
+    z = F.normalize(embeddings.float(), dim=1)
+    squared = (2.0 - 2.0 * z @ z.t()).clamp_min(1e-12)
+    return squared.sqrt()
+
+
+@dataclass
+class Mining:
+    """Per anchor: index of its easy positive, hard positive and hard negative, and which exist."""
+
+    easy_positive: Tensor
+    hard_positive: Tensor
+    hard_negative: Tensor
+    has_positive: Tensor
+    has_negative: Tensor
+
+
+def mine(distances: Tensor, labels: Tensor) -> Mining:
+    """Easy positive = nearest same-class image, hard positive = farthest same-class image, hard
+    negative = nearest image of another class; self is never its own positive."""
+    n = labels.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    same = (labels[:, None] == labels[None, :]) & ~eye
+    other = labels[:, None] != labels[None, :]
+    d = distances.detach()
+    inf = torch.finfo(d.dtype).max
+    return Mining(
+        easy_positive=d.masked_fill(~same, inf).argmin(dim=1),
+        hard_positive=d.masked_fill(~same, -inf).argmax(dim=1),
+        hard_negative=d.masked_fill(~other, inf).argmin(dim=1),
+        has_positive=same.any(dim=1),
+        has_negative=other.any(dim=1),
+    )
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    # A mean over no anchors is 0 (with a graph, so callers can always add it to the loss).
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def easy_positive_loss(distances: Tensor, mining: Mining) -> Tensor:
+    """L_ep = -mean_a d(a, ep(a)): pushing the nearest same-class image away spreads the class."""
+    anchors = torch.arange(distances.shape[0], device=distances.device)
+    return -_masked_mean(distances[anchors, mining.easy_positive], mining.has_positive)
+
+
+def triplet_loss(distances: Tensor, mining: Mining, margin: float = 0.5) -> Tensor:
+    """L_triplet = mean_a max(0, d(a, hp) - d(a, hn) + margin): keeps images inside their class."""
+    anchors = torch.arange(distances.shape[0], device=distances.device)
+    hinge = F.relu(distances[anchors, mining.hard_positive] - distances[anchors, mining.hard_negative] + margin)
+    return _masked_mean(hinge, mining.has_positive & mining.has_negative)

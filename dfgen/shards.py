@@ -1,0 +1,187 @@
+"""The output format (SPEC section 3): deterministic WebDataset tar shards written atomically, a
+sidecar stats file per shard, the wids shard index, and the checks that say whether a shard is done."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from dfgen.errors import DfgenError
+
+KEY_DIGITS = 9  # keys are zero-padded global indices: up to a billion images
+_PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+TMP_MARK = ".tmp-"
+
+
+def image_key(index: int) -> str:
+    return f"{index:0{KEY_DIGITS}d}"
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+def shard_paths(out: Path, shard: int) -> tuple[Path, Path]:
+    base = Path(out) / "shards" / shard_name(shard)
+    return base.with_suffix(".tar"), base.with_suffix(".json")
+
+
+def check_writable_channels(channels: int, fmt: str) -> None:
+    if channels not in _PIL_MODES:
+        raise DfgenError(f"cannot write {channels}-channel images; dfgen writes 1, 2, 3 or 4 channels")
+    if fmt == "jpg" and channels not in (1, 3):
+        raise DfgenError(f"JPEG cannot hold {channels}-channel images; use --format png")
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """(C, H, W) uint8 -> encoded bytes; one channel is written as greyscale."""
+    channels = pixels.shape[0]
+    array = pixels[0] if channels == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0))
+    image = Image.fromarray(array, mode=_PIL_MODES[channels]) if channels != 1 else Image.fromarray(array)
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", compress_level=6)
+    elif fmt == "jpg":
+        image.save(buffer, format="JPEG", quality=quality)
+    elif fmt == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4, lossless=False)
+    else:
+        raise DfgenError(f"unknown image format {fmt!r}")
+    return buffer.getvalue()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary name in the same directory, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Sample:
+    key: str
+    image: bytes
+    label: int
+    meta: dict[str, Any]
+
+
+def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """Write one shard atomically, then its sidecar. Returns the sidecar.
+
+    The tar is deterministic (fixed mtime, owner and mode, sorted members), so the same samples give
+    the same bytes. A failure (disk full included) leaves no shard and no sidecar behind."""
+    tar_path, side_path = shard_paths(out, shard)
+    tmp = tar_path.with_name(f"{tar_path.name}{TMP_MARK}{os.getpid()}")
+    count = 0
+    try:
+        with open(tmp, "wb") as handle:
+            writer = wds.TarWriter(handle, user="", group="", mode=0o444, mtime=0, encoder=False)
+            for sample in samples:
+                writer.write(
+                    {
+                        "__key__": sample.key,
+                        ext: sample.image,
+                        "cls": str(sample.label).encode(),
+                        "json": json.dumps(sample.meta, sort_keys=True).encode(),
+                    }
+                )
+                count += 1
+            writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, tar_path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DfgenError(
+                f"disk full while writing {tar_path.name}; the shard was not marked done. Free space and rerun the "
+                "same command to continue"
+            ) from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = {
+        "shard": shard,
+        "url": f"shards/{tar_path.name}",
+        "count": count,
+        "bytes": tar_path.stat().st_size,
+        "sha256": sha256_file(tar_path),
+        **stats,
+    }
+    write_json_atomic(side_path, sidecar)
+    return sidecar
+
+
+def read_sidecar(out: Path, shard: int) -> dict[str, Any] | None:
+    _, side_path = shard_paths(out, shard)
+    try:
+        return json.loads(side_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def shard_done(out: Path, shard: int, expected_count: int | None = None) -> dict[str, Any] | None:
+    """A shard is done when its tar and sidecar both exist and the tar's sha256 matches the sidecar."""
+    tar_path, _ = shard_paths(out, shard)
+    sidecar = read_sidecar(out, shard)
+    if sidecar is None or not tar_path.is_file():
+        return None
+    if expected_count is not None and sidecar.get("count") != expected_count:
+        return None
+    if tar_path.stat().st_size != sidecar.get("bytes") or sha256_file(tar_path) != sidecar.get("sha256"):
+        return None
+    return sidecar
+
+
+def remove_temporaries(out: Path, shards: Iterable[int] | None = None) -> int:
+    """Remove temporary files a killed run left behind (only those of `shards`, if given, so that a
+    rank never touches another rank's files in flight)."""
+    shard_dir = Path(out) / "shards"
+    if not shard_dir.is_dir():
+        return 0
+    wanted = None if shards is None else {shard_name(k) for k in shards}
+    removed = 0
+    for path in shard_dir.iterdir():
+        if TMP_MARK in path.name and (wanted is None or path.name.split(".")[0] in wanted):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def build_index(sidecars: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The wids shard index (urls relative to the index file)."""
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": name,
+        "shardlist": [
+            {"url": s["url"], "nsamples": s["count"], "filesize": s["bytes"], "sha256": s["sha256"]}
+            for s in sorted(sidecars, key=lambda s: s["shard"])
+        ],
+    }

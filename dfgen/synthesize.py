@@ -1,0 +1,462 @@
+"""`dfgen.synthesize(config)`: the pipeline plan -> invert -> write -> index.
+
+Work is divided by shard: rank r of W makes the shards k with k % W == r. A shard is a pure function
+of (configuration, seed, k), so the dataset does not depend on W, on which rank made what, or on
+interruptions; whoever finds every shard done writes index.json and dataset.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dfgen import __version__
+from dfgen.config import SynthesisConfig, config_fingerprint, format_schedule
+from dfgen.errors import DfgenError
+from dfgen.inversion import EngineSettings, InversionEngine
+from dfgen.plan import LabelPlan
+from dfgen.shards import (
+    Sample,
+    build_index,
+    check_writable_channels,
+    encode_image,
+    image_key,
+    read_sidecar,
+    remove_temporaries,
+    shard_done,
+    shard_paths,
+    write_json_atomic,
+    write_shard,
+)
+from dfgen.teachers import Teacher, load_teacher
+
+CONFIG_FILE = "config.json"  # written at the start: what this directory is being made with
+
+
+@dataclass
+class RunPlan:
+    """The resolved configuration of one synthesis run."""
+
+    config: SynthesisConfig
+    teacher: Teacher
+    plan: LabelPlan
+    schedule: list[tuple[int, int]]
+    device: torch.device
+    precision: str
+    rank: int
+    world_size: int
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    def content(self) -> dict[str, Any]:
+        """What decides the images: compared with config.json of an existing output directory."""
+        content = self.config.content_fields()
+        content.pop("teacher_weights")  # the path does not matter, the weights' hash does
+        content.update(
+            schedule=format_schedule(self.schedule),
+            classes_per_batch=self.plan.classes_per_batch,
+            shard_size=self.plan.shard_size,
+            batch_size=self.plan.batch_size,
+            teacher_source=self.teacher.source,
+            teacher_weights_sha256=self.teacher.weights_sha256,
+        )
+        return content
+
+    def my_shards(self) -> range:
+        return self.plan.shards_for_rank(self.rank, self.world_size)
+
+
+def world_from_env(config: SynthesisConfig) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank): explicit flags first, then torchrun's / SLURM's environment."""
+    if config.rank is not None or config.world_size is not None:
+        rank, world = config.rank or 0, config.world_size or 1
+        local = int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        from timm.utils import world_info_from_env  # torchrun, SLURM and MPI variables
+
+        local, rank, world = world_info_from_env()
+    if not 0 <= rank < world:
+        raise DfgenError(f"--rank must be in 0..{world - 1} for --world-size {world}, got {rank}")
+    return rank, world, local
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DfgenError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        return torch.device(name if ":" in name else f"cuda:{local_rank % torch.cuda.device_count()}")
+    if name != "cpu":
+        raise DfgenError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def prepare(config: SynthesisConfig, teacher: Teacher | None = None) -> RunPlan:
+    """Resolve the teacher, defaults, device and rank into a RunPlan (no files written)."""
+    rank, world, local = world_from_env(config)
+    device = resolve_device(config.device, local)
+    if teacher is None:
+        teacher = load_teacher(config.teacher, config.teacher_weights, device="cpu")
+    check_writable_channels(teacher.in_chans, config.format)
+    resolution = teacher.resolution
+    schedule = config.schedule or [(max(1, resolution // 2), 2000), (resolution, 2000)]
+    classes_per_batch = config.classes_per_batch or min(teacher.num_classes, 32)
+    if classes_per_batch > teacher.num_classes:
+        raise DfgenError(
+            f"--classes-per-batch {classes_per_batch} exceeds the teacher's {teacher.num_classes} classes"
+        )
+    weights = config.effective_losses
+    if (weights.ep or weights.triplet) and config.images_per_class < 2:
+        raise DfgenError("the diversity losses need --images-per-class >= 2 (or pass --no-diversity)")
+    batch_size = classes_per_batch * config.images_per_class
+    shard_size = config.shard_size or batch_size * max(1, round(1024 / batch_size))
+    if shard_size % batch_size:
+        raise DfgenError(f"--shard-size {shard_size} must be a multiple of the batch size {batch_size}")
+    plan = LabelPlan(
+        n=config.n,
+        num_classes=teacher.num_classes,
+        classes_per_batch=classes_per_batch,
+        images_per_class=config.images_per_class,
+        seed=config.seed,
+        shard_size=shard_size,
+    )
+    return RunPlan(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world)
+
+
+def _prepare_out_dir(run: RunPlan) -> None:
+    out = run.out
+    content = run.content()
+    config_path = out / CONFIG_FILE
+    existing = json.loads(config_path.read_text()) if config_path.is_file() else None
+    has_files = out.is_dir() and any(out.iterdir())
+    if existing is not None and existing.get("content") == content:
+        return
+    if has_files and not run.config.overwrite:
+        if existing is None:
+            raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
+        changed = sorted(k for k in set(content) | set(existing.get("content", {}))
+                         if content.get(k) != existing.get("content", {}).get(k))
+        raise DfgenError(
+            f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
+            "command to continue it, or pass --overwrite to replace it"
+        )
+    if has_files and run.config.overwrite:
+        if run.world_size > 1:
+            raise DfgenError("--overwrite with several processes would race; delete the output directory first")
+        if existing is None:
+            raise DfgenError(f"{out} was not made by dfgen synthesize; refusing to overwrite it")
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        for name in ("index.json", "dataset.json", CONFIG_FILE):
+            (out / name).unlink(missing_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        config_path,
+        {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run)},
+    )
+
+
+def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: tqdm | None) -> tuple:
+    """Invert every batch of one shard; returns (samples, stats)."""
+    plan = run.plan
+    samples: list[Sample] = []
+    totals, target_probs, agreements, retries = [], [], [], 0
+    for batch in plan.shard_batches(shard):
+        indices = plan.batch_range(batch)
+        labels = torch.as_tensor(plan.labels(indices))
+        seed = plan.batch_seed(batch)
+
+        def on_log(stage: str, it: int, iters: int, terms: dict[str, float], batch=batch) -> None:
+            if progress is not None:
+                progress.set_postfix_str(f"batch {batch} {stage} it {it}/{iters} loss {terms['total']:.3g}")
+
+        result = engine.invert(labels, seed, on_log)
+        retries += result.lr_scale != 1.0
+        losses = {k: round(v, 6) for k, v in result.losses.items()}
+        totals.append(result.losses["total"])
+        for j, index in enumerate(indices):
+            label = int(labels[j])
+            prob = float(result.target_prob[j])
+            predicted = int(result.predicted[j])
+            target_probs.append(prob)
+            agreements.append(predicted == label)
+            samples.append(
+                Sample(
+                    key=image_key(index),
+                    image=encode_image(result.images[j].numpy(), run.config.format, run.config.quality),
+                    label=label,
+                    meta={
+                        "index": index,
+                        "label": label,
+                        "batch": batch,
+                        "seed": seed,
+                        "target_prob": round(prob, 6),
+                        "predicted": predicted,
+                        "losses": losses,
+                    },
+                )
+            )
+        if progress is not None:
+            progress.update(len(indices))
+    stats = {
+        "first_index": plan.shard_range(shard).start,
+        "last_index": plan.shard_range(shard).stop - 1,
+        "loss": {
+            "final_total_mean": float(np.mean(totals)),
+            "target_prob_mean": float(np.mean(target_probs)),
+            "agreement": float(np.mean(agreements)),
+            "retried_batches": int(retries),
+        },
+    }
+    return samples, stats
+
+
+def engine_for(run: RunPlan) -> InversionEngine:
+    c = run.config
+    settings = EngineSettings(
+        schedule=run.schedule,
+        weights=c.effective_losses,
+        lr=c.lr,
+        warmup=c.warmup,
+        upsample=c.upsample,
+        jitter_fraction=c.jitter_fraction,
+        flip=c.flip,
+        precision=run.precision,
+        log_every=c.log_every,
+        channels_last=run.device.type == "cuda",
+    )
+    return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class SynthesisResult:
+    out: Path
+    shards_made: list[int]
+    shards_skipped: list[int]
+    complete: bool
+    seconds: float
+
+
+def synthesize(
+    config: SynthesisConfig | None = None, teacher: Teacher | None = None, **overrides: Any
+) -> SynthesisResult:
+    """Make (or continue) the synthetic dataset described by `config` (or keyword overrides of the
+    defaults, e.g. `synthesize(teacher="digits", n=200, out="out")`). Returns what this process did."""
+    if config is None:
+        config = SynthesisConfig(**overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    start = time.perf_counter()
+    run = prepare(config, teacher)
+    _prepare_out_dir(run)
+    out = run.out
+    mine = run.my_shards()
+    remove_temporaries(out, mine)
+    todo, skipped = [], []
+    for shard in mine:
+        (skipped if shard_done(out, shard, len(run.plan.shard_range(shard))) else todo).append(shard)
+    prefix = f"[rank {run.rank}/{run.world_size}] " if run.world_size > 1 else ""
+    if not todo:
+        _log(f"{prefix}all {len(mine)} shard(s) of this process are already done in {out}; nothing to do")
+    else:
+        if skipped:
+            _log(f"{prefix}resuming: {len(skipped)} shard(s) already done, {len(todo)} to make")
+        engine = engine_for(run)
+        total = sum(len(run.plan.shard_range(k)) for k in todo)
+        progress = tqdm(total=total, unit="img", desc=f"{prefix}synthesize", disable=config.quiet, dynamic_ncols=True)
+        try:
+            for shard in todo:
+                shard_start = time.perf_counter()
+                samples, stats = _shard_samples(run, engine, shard, None if config.quiet else progress)
+                stats["seconds"] = round(time.perf_counter() - shard_start, 3)
+                sidecar = write_shard(out, shard, samples, config.format, stats)
+                if config.quiet:
+                    _log(f"{prefix}shard {shard} done: {sidecar['count']} images, "
+                                 f"agreement {stats['loss']['agreement']:.3f}, {stats['seconds']:.1f}s")
+        finally:
+            progress.close()
+            engine.probe.remove()
+    complete = finalize(out)
+    if complete and todo:
+        _log(f"{prefix}dataset complete: {run.plan.n} images in {run.plan.num_shards} shard(s) at {out}")
+    return SynthesisResult(out, todo, skipped, complete, time.perf_counter() - start)
+
+
+def plan_from_description(description: dict[str, Any]) -> LabelPlan:
+    return LabelPlan(
+        n=description["n"],
+        num_classes=description["num_classes"],
+        classes_per_batch=description["classes_per_batch"],
+        images_per_class=description["images_per_class"],
+        seed=description["seed"],
+        shard_size=description["shard_size"],
+    )
+
+
+def finalize(out: Path) -> bool:
+    """If every shard is done, write index.json and dataset.json (atomically; several processes may
+    do it at once and write the same content). Cheap: sidecars and file sizes, not hashes. Needs only
+    config.json, not the teacher, so `dfgen index` can run anywhere."""
+    description = json.loads((out / CONFIG_FILE).read_text())["dataset"]
+    plan = plan_from_description(description)
+    sidecars = []
+    for shard in range(plan.num_shards):
+        sidecar = read_sidecar(out, shard)
+        tar_path, _ = shard_paths(out, shard)
+        if sidecar is None or not tar_path.is_file() or tar_path.stat().st_size != sidecar.get("bytes"):
+            return False
+        sidecars.append(sidecar)
+    counts = [int(s["count"]) for s in sidecars]
+    weighted = lambda key: float(np.average([s["loss"][key] for s in sidecars], weights=counts))  # noqa: E731
+    description = {
+        **description,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stats": {
+            "agreement": weighted("agreement"),
+            "target_prob_mean": weighted("target_prob_mean"),
+            "final_total_mean": weighted("final_total_mean"),
+            "retried_batches": int(sum(s["loss"]["retried_batches"] for s in sidecars)),
+            "seconds": float(sum(s.get("seconds", 0.0) for s in sidecars)),
+            "bytes": int(sum(s["bytes"] for s in sidecars)),
+        },
+    }
+    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
+    write_json_atomic(out / "dataset.json", description)
+    return True
+
+
+def dataset_description(run: RunPlan) -> dict[str, Any]:
+    """dataset.json without the figures only known at the end (stats, created)."""
+    c, plan, teacher = run.config, run.plan, run.teacher
+    resolution = run.schedule[-1][0]
+    return {
+        "kind": "synthetic",
+        "tool": "dfgen",
+        "version": __version__,
+        "teacher": teacher.describe(),
+        "num_classes": teacher.num_classes,
+        "classes": [str(i) for i in range(teacher.num_classes)],
+        "class_counts": plan.class_counts().tolist(),
+        "in_chans": teacher.in_chans,
+        "image_size": [teacher.in_chans, resolution, resolution],
+        "n": plan.n,
+        "num_shards": plan.num_shards,
+        "shard_size": plan.shard_size,
+        "batch_size": plan.batch_size,
+        "classes_per_batch": plan.classes_per_batch,
+        "images_per_class": plan.images_per_class,
+        "seed": c.seed,
+        "schedule": format_schedule(run.schedule),
+        "losses": dataclasses.asdict(c.effective_losses),
+        "diversity": not c.no_diversity,
+        "optimizer": {"lr": c.lr, "warmup": c.warmup, "betas": [0.5, 0.9], "upsample": c.upsample,
+                      "jitter_fraction": c.jitter_fraction, "flip": c.flip, "kept": "last iterate"},
+        "precision": run.precision,
+        "format": c.format,
+        "quality": None if c.format == "png" else c.quality,
+        "fingerprint": config_fingerprint(run.content()),
+    }
+
+
+def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> str:
+    """The `--dry-run` text: shards, images per rank, disk and time estimates (from a short
+    calibration on this device). Writes nothing."""
+    note = ""
+    if teacher is None:
+        try:
+            teacher = load_teacher(config.teacher, config.teacher_weights)
+        except DfgenError as exc:
+            if "could not get pretrained weights" not in str(exc):
+                raise
+            teacher = load_teacher(config.teacher, None, pretrained=False)
+            note = " (weights unavailable here: timed with random weights, which cost the same)"
+    run = prepare(config, teacher)
+    plan = run.plan
+    seconds_per_image, bytes_per_image, calib_batch = _calibrate(run)
+    lines = [
+        f"teacher      {teacher.name} ({teacher.source}), {teacher.num_classes} classes, input {teacher.input_size}",
+        f"images       {plan.n:,} in {plan.num_shards:,} shard(s) of {plan.shard_size} "
+        f"({plan.num_batches:,} batches of {plan.classes_per_batch} classes x {plan.images_per_class})",
+        f"schedule     {format_schedule(run.schedule)} on {run.device} ({run.precision})",
+    ]
+    worst = 0
+    for rank in range(run.world_size):
+        shards = plan.shards_for_rank(rank, run.world_size)
+        images = sum(len(plan.shard_range(k)) for k in shards)
+        worst = max(worst, images)
+        if rank < 4 or rank == run.world_size - 1:
+            lines.append(f"rank {rank:<7} {len(shards):,} shard(s), {images:,} images")
+        elif rank == 4:
+            lines.append("...")
+    lines += [
+        f"disk         ~{_human_bytes(bytes_per_image * plan.n)} ({config.format}; upper bound from noise-like images)",
+        f"time         ~{_human_seconds(seconds_per_image * worst)} for the busiest rank at "
+        f"{1 / seconds_per_image:.3g} images/s per process{note} (calibrated on a batch of {calib_batch})",
+        f"output       {run.out}",
+    ]
+    return "\n".join(lines)
+
+
+def _calibrate(run: RunPlan, iterations: int = 1) -> tuple[float, float, int]:
+    """Time a few iterations per stage resolution on a small batch: (seconds per image, bytes per image)."""
+    engine = engine_for(run)
+    batch = min(run.plan.batch_size, 4)
+    labels = torch.arange(batch) % run.plan.num_classes
+    seconds_per_image = 0.0
+    encoded: list[int] = []
+    try:
+        for resolution, stage_iterations in run.schedule:
+            engine.settings.schedule = [(resolution, iterations)]
+            engine.settings.log_every = 0
+            engine.invert(labels, 0)  # warm-up: allocations, kernels
+            start = time.perf_counter()
+            result = engine.invert(labels, 1)
+            elapsed = time.perf_counter() - start
+            seconds_per_image += elapsed / (iterations * batch) * stage_iterations
+        encoded = [len(encode_image(img.numpy(), run.config.format, run.config.quality)) for img in result.images]
+    finally:
+        engine.probe.remove()
+    return seconds_per_image, float(np.mean(encoded)), batch
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} TB"
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
