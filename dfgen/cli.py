@@ -61,6 +61,7 @@ def cli() -> None:
 @click.option("--ep", type=float, help="Weight of the easy-positive diversity loss [50].")
 @click.option("--triplet", type=float, help="Weight of the boundary triplet loss [0.5].")
 @click.option("--margin", type=float, help="Triplet margin [0.5].")
+@click.option("--ep-reach", type=float, help="Distance at which the easy-positive push stops [0.3].")
 @click.option("--no-diversity", is_flag=True, default=None, help="Plain DeepInversion (ep = triplet = 0).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
 @click.option("--rank", type=click.IntRange(min=0), help="This process's rank (without torchrun).")

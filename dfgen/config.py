@@ -71,6 +71,7 @@ class LossWeights:
     ep: float = 50.0
     triplet: float = 0.5
     margin: float = 0.5
+    ep_reach: float | None = 0.3  # None: the unbounded -d(a, ep) form (docs/design.md)
 
 
 @dataclass

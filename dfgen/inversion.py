@@ -106,12 +106,12 @@ def objective(
     if weights.ep or weights.triplet:
         distances = L.pairwise_distances(embedding)
         mining = L.mine(distances, labels)
-        terms["ep"] = L.easy_positive_loss(distances, mining)
+        terms["ep"] = L.easy_positive_loss(distances, mining, weights.ep_reach)
         terms["triplet"] = L.triplet_loss(distances, mining, weights.margin)
     terms = {k: v for k, v in terms.items() if v is not None}
     total = terms["ce"]
     for key, value in terms.items():
-        if key != "ce":
+        if key != "ce":  # every other term has a weight of the same name
             total = total + getattr(weights, key) * value.float()
     terms["total"] = total
     return terms

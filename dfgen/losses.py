@@ -98,10 +98,17 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
-def easy_positive_loss(distances: Tensor, mining: Mining) -> Tensor:
-    """L_ep = -mean_a d(a, ep(a)): pushing the nearest same-class image away spreads the class."""
+def easy_positive_loss(distances: Tensor, mining: Mining, reach: float | None = 0.3) -> Tensor:
+    """Pushes each anchor's nearest same-class image away, which spreads the class.
+
+    With `reach` (our default reading, docs/design.md): mean_a max(0, reach - d(a, ep(a))), a push
+    that stops once the nearest same-class image is `reach` away. With `reach=None`: the unbounded
+    -mean_a d(a, ep(a)), which at the paper's weight 50 overwhelms the class loss."""
     anchors = torch.arange(distances.shape[0], device=distances.device)
-    return -_masked_mean(distances[anchors, mining.easy_positive], mining.has_positive)
+    nearest = distances[anchors, mining.easy_positive]
+    if reach is None:
+        return -_masked_mean(nearest, mining.has_positive)
+    return _masked_mean(F.relu(reach - nearest), mining.has_positive)
 
 
 def triplet_loss(distances: Tensor, mining: Mining, margin: float = 0.5) -> Tensor:

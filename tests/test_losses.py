@@ -87,8 +87,12 @@ def test_mining_easy_hard_positive_and_hard_negative():
 
 def test_easy_positive_loss_hand_computed():
     d = L.pairwise_distances(EMB)
-    loss = L.easy_positive_loss(d, L.mine(d, LABELS))
-    assert loss.item() == pytest.approx(-(chord(30) + chord(30) + chord(60)) / 3, abs=1e-6)
+    unbounded = L.easy_positive_loss(d, L.mine(d, LABELS), reach=None)
+    assert unbounded.item() == pytest.approx(-(chord(30) + chord(30) + chord(60)) / 3, abs=1e-6)
+    # with a reach of 0.6 only the two pairs at 30 degrees (0.518 apart) are still pushed
+    hinged = L.easy_positive_loss(d, L.mine(d, LABELS), reach=0.6)
+    assert hinged.item() == pytest.approx(2 * (0.6 - chord(30)) / 3, abs=1e-6)
+    assert L.easy_positive_loss(d, L.mine(d, LABELS), reach=0.5).item() == 0.0
 
 
 def test_triplet_loss_hand_computed():
@@ -106,7 +110,8 @@ def test_batch_of_one_class_has_no_negatives():
     m = L.mine(d, torch.tensor([5, 5, 5]))
     assert not m.has_negative.any()
     assert L.triplet_loss(d, m).item() == 0.0
-    assert L.easy_positive_loss(d, m).item() == pytest.approx(-(chord(40) + chord(40) + chord(60)) / 3, abs=1e-6)
+    expected = -(chord(40) + chord(40) + chord(60)) / 3
+    assert L.easy_positive_loss(d, m, reach=None).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_every_class_single_gives_zero_diversity_losses_with_a_graph():
@@ -123,7 +128,7 @@ def test_easy_positive_gradient_pushes_nearest_same_class_apart():
     z = _circle(0, 10, 180).float().requires_grad_(True)
     labels = torch.tensor([0, 0, 1])
     d = L.pairwise_distances(z)
-    L.easy_positive_loss(d, L.mine(d, labels)).backward()
+    L.easy_positive_loss(d, L.mine(d, labels), reach=0.5).backward()
     with torch.no_grad():
         moved = z - 0.1 * z.grad
         assert L.pairwise_distances(moved)[0, 1] > d[0, 1]
@@ -133,7 +138,7 @@ def test_gradients_finite_for_identical_embeddings():
     z = torch.ones(4, 8, requires_grad=True)
     d = L.pairwise_distances(z)
     m = L.mine(d, torch.tensor([0, 0, 1, 1]))
-    (L.easy_positive_loss(d, m) + L.triplet_loss(d, m)).backward()
+    (L.easy_positive_loss(d, m, reach=None) + L.easy_positive_loss(d, m) + L.triplet_loss(d, m)).backward()
     assert torch.isfinite(z.grad).all()
 
 
