@@ -37,7 +37,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--teacher", help="Teacher: digits, regnety_16gf, or a timm / torchvision model name.")
-@click.option("--n", "n", callback=_count, help="Number of images: 1000, 50k, 1.2M.")
+@click.option("--n", "-n", "n", callback=_count, help="Number of images: 1000, 50k, 1.2M (-n under torchrun).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--config", "config_path", type=click.Path(), help="YAML preset (configs/*.yaml); flags override it.")
 @click.option("--teacher-weights", type=click.Path(), help="Local weights file (state dict; timm or torchvision keys).")
