@@ -1,0 +1,31 @@
+"""Bundled teachers that work offline (no model hub is needed): see `dfgen.zoo.digits`.
+
+Names are re-exported lazily, so `python -m dfgen.zoo.digits` does not import the module twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DIGITS_MEAN",
+    "DIGITS_RESOLUTION",
+    "DIGITS_STD",
+    "DIGITS_WEIGHTS_SHA256",
+    "DigitsNet",
+    "DigitsSplit",
+    "DigitsWeightsError",
+    "evaluate",
+    "load_digits_split",
+    "load_digits_teacher",
+    "train_digits_teacher",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module("dfgen.zoo.digits"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
