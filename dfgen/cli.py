@@ -124,6 +124,11 @@ def index(out: str) -> None:
     click.echo(rebuild_index(Path(out)))
 
 
+from dfgen.report_cli import report  # noqa: E402  (defined beside its implementation)
+
+cli.add_command(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:

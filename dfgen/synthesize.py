@@ -263,10 +263,12 @@ class SynthesisResult:
 
 
 def synthesize(
-    config: SynthesisConfig | None = None, teacher: Teacher | None = None, **overrides: Any
+    config: SynthesisConfig | None = None, teacher: Teacher | str | None = None, **overrides: Any
 ) -> SynthesisResult:
     """Make (or continue) the synthetic dataset described by `config` (or keyword overrides of the
     defaults, e.g. `synthesize(teacher="digits", n=200, out="out")`). Returns what this process did."""
+    if isinstance(teacher, str):  # synthesize(teacher="digits", ...): a name, not a loaded Teacher
+        overrides["teacher"], teacher = teacher, None
     if config is None:
         config = SynthesisConfig(**overrides)
     elif overrides:

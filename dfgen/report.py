@@ -1,0 +1,438 @@
+"""`dfgen report`: measure synthetic (or real) datasets and write report.json, a self-contained
+report.html and the plots as PNG files.
+
+Python API::
+
+    from dfgen.report import make_report
+    report = make_report([Path("out/div"), Path("out/plain")], Path("report/"), lpips_net="alex")
+    report["datasets"][0]["lpips_intra_class"]["mean"]
+
+What is measured per dataset (SPEC section 1.3):
+
+- ``lpips_intra_class``: {"mean", "per_class"}; per class the mean LPIPS distance over
+  ``pairs_per_class`` distinct same-class pairs drawn (seeded) from the class's sample; "mean" is the
+  mean over classes. Images are scaled to [-1, 1], grey replicated to 3 channels, and resized
+  (bilinear) so that the shorter side is at least 64 px. Higher is more diverse.
+- ``teacher_agreement``: {"top1", "mean_target_prob", "per_class_top1", "images"}: the teacher named in
+  dataset.json re-run on the decoded images of the sample.
+- ``feature_diversity``: {"mean", "per_class"}: mean Euclidean distance between L2-normalized
+  penultimate teacher features (input of the final linear layer) over all same-class pairs of the sample.
+- class counts, image size, format, bytes on disk, shards checked (sha256 against the sidecars),
+  images scanned and decoded, and timings with an estimate per 1,000 classes.
+
+Scale: one streaming pass over the shards (sha256 and labels), per-class reservoir sampling of
+``images_per_class`` references (deterministic from ``seed``), then only the kept images are read back
+and decoded, one class at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dfgen import __version__
+from dfgen.errors import DfgenError
+from dfgen.report_data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
+from dfgen.report_html import grid_image, grouped_bars, histogram, write_html
+from dfgen.report_metrics import (
+    LPIPS_NETS,
+    TeacherRunner,
+    aggregate,
+    load_lpips,
+    lpips_distances,
+    mean_pairwise_distance,
+    sample_pairs,
+    to_float,
+)
+from dfgen.teachers import Teacher, load_teacher
+
+GRID_IMAGES = 16  # images shown per class on the page
+GRID_CLASSES = 48  # classes shown on the page (evenly spaced when there are more)
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _unique_names(datasets: list[DatasetInfo]) -> list[str]:
+    seen: Counter[str] = Counter()
+    names = []
+    for d in datasets:
+        seen[d.name] += 1
+        names.append(d.name if seen[d.name] == 1 else f"{d.name}-{seen[d.name]}")
+    return names
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "dataset"
+
+
+def grid_class_indices(num_classes: int, limit: int = GRID_CLASSES) -> list[int]:
+    """All classes up to `limit`, otherwise `limit` evenly spaced ones (the same for equal class counts)."""
+    if num_classes <= limit:
+        return list(range(num_classes))
+    return sorted({int(round(v)) for v in np.linspace(0, num_classes - 1, limit)})
+
+
+class _TeacherCache:
+    """Loads each (teacher source, weights) once for all datasets of a report."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loaded: dict[tuple[str, str | None], Teacher] = {}
+
+    def get(self, source: str, weights: str | Path | None) -> Teacher:
+        key = (source, None if weights is None else str(weights))
+        if key not in self.loaded:
+            self.loaded[key] = load_teacher(source, weights, device=self.device)
+        return self.loaded[key]
+
+
+def _resolve_teacher(
+    info: DatasetInfo,
+    teacher: str | Teacher | None,
+    teacher_weights: str | Path | None,
+    cache: _TeacherCache,
+) -> tuple[Teacher | None, dict[str, Any], list[str]]:
+    """The teacher to re-run on a dataset, its description for report.json, and warnings."""
+    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else None
+    warnings: list[str] = []
+    if isinstance(teacher, Teacher):
+        model = teacher
+    elif teacher is not None:
+        model = cache.get(teacher, teacher_weights)
+    elif recorded and recorded.get("source"):
+        model = cache.get(str(recorded["source"]), teacher_weights)
+    else:
+        return None, {"source": None, "note": "no teacher in dataset.json (real data); pass --teacher NAME"}, []
+    if model.num_classes < info.num_classes:
+        raise DfgenError(
+            f"teacher {model.name} has {model.num_classes} classes but {info.path} has {info.num_classes}; "
+            "pass the teacher the dataset was made for with --teacher"
+        )
+    expected = (recorded or {}).get("weights_sha256")
+    match = None if expected is None else expected == model.weights_sha256
+    if match is False:
+        warnings.append(
+            f"the teacher's weights (sha256 {model.weights_sha256[:12]}...) are not those the dataset was made with "
+            f"({str(expected)[:12]}...); agreement and features are measured with other weights. Pass "
+            "--teacher-weights FILE with the original weights"
+        )
+    description = {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256,
+                   "recorded_weights_sha256": expected, "weights_match": match}
+    return model, description, warnings
+
+
+def _data_config(info: DatasetInfo, teacher: Teacher) -> tuple[list[float], list[float]]:
+    """Normalization as dataset.json's teacher data config says (the teacher's own when absent)."""
+    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else {}
+    config = (recorded or {}).get("data_config") or {}
+    if recorded and recorded.get("source") == teacher.source and config.get("mean") and config.get("std"):
+        return [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
+    return list(teacher.mean), list(teacher.std)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _measure_dataset(
+    info: DatasetInfo,
+    name: str,
+    scan: ScanResult,
+    teacher: Teacher | None,
+    lpips_model: torch.nn.Module | None,
+    device: torch.device,
+    pairs_per_class: int,
+    seed: int,
+    grid_dir: Path,
+    grid_classes: set[int],
+    quiet: bool,
+) -> tuple[dict[str, Any], dict[str, Path], list[float]]:
+    """Per class: decode the sample, run LPIPS over sampled pairs and the teacher over every image."""
+    names = info.class_names
+    lpips_values: dict[int, list[float]] = {}
+    feature_values: dict[int, list[float]] = {}
+    top1_values: dict[int, list[float]] = {}
+    target_probs: list[float] = []
+    predicted_ok = 0
+    shapes: Counter[str] = Counter()
+    grids: dict[str, Path] = {}
+    decoded = pairs_done = 0
+    decode_s = lpips_s = teacher_s = 0.0
+    runner = None
+    if teacher is not None:
+        mean, std = _data_config(info, teacher)
+        runner = TeacherRunner(teacher, mean, std, device)
+    try:
+        bar = tqdm(scan.samples.items(), total=len(scan.samples), desc=f"{name}: measure", unit="class",
+                   disable=quiet, dynamic_ncols=True)
+        for label, refs in bar:
+            start = time.perf_counter()
+            arrays = decode_refs(refs, 1 if info.in_chans <= 2 else 3)  # LA -> grey, RGBA -> RGB
+            images = to_float(arrays)
+            decode_s += time.perf_counter() - start
+            decoded += len(arrays)
+            shapes.update("x".join(str(v) for v in a.shape) for a in arrays)
+            if lpips_model is not None:
+                start = time.perf_counter()
+                pairs = sample_pairs(len(images), pairs_per_class, seed, label)
+                lpips_values[label] = lpips_distances(lpips_model, images, pairs, device)
+                pairs_done += len(pairs)
+                lpips_s += time.perf_counter() - start
+            if runner is not None:
+                start = time.perf_counter()
+                outputs = runner.run(images, [label] * len(images))
+                correct = (outputs.predicted == label).float()
+                top1_values[label] = correct.tolist()
+                predicted_ok += int(correct.sum())
+                target_probs.extend(outputs.target_prob.tolist())
+                distance = mean_pairwise_distance(outputs.features)
+                if distance is not None:
+                    feature_values[label] = [distance]
+                teacher_s += time.perf_counter() - start
+            if label in grid_classes:
+                path = grid_dir / f"class-{label:05d}.png"
+                grid_image(arrays[:GRID_IMAGES]).save(path, optimize=True)
+                grids[names[label]] = path
+            del images, arrays  # at most one class's decoded sample is held at a time
+    finally:
+        if runner is not None:
+            runner.close()
+
+    entry: dict[str, Any] = {
+        "lpips_intra_class": None,
+        "teacher_agreement": None,
+        "feature_diversity": None,
+        "decoded_sizes": dict(shapes),
+        "images_decoded": decoded,
+    }
+    if lpips_model is not None:
+        entry["lpips_intra_class"] = {**aggregate(lpips_values, names), "pairs": pairs_done}
+    if runner is not None:
+        per_class_top1 = aggregate(top1_values, names)["per_class"]
+        entry["teacher_agreement"] = {
+            "top1": predicted_ok / len(target_probs) if target_probs else None,
+            "mean_target_prob": float(np.mean(target_probs)) if target_probs else None,
+            "per_class_top1": per_class_top1,
+            "images": len(target_probs),
+        }
+        entry["feature_diversity"] = {
+            **aggregate(feature_values, names),
+            "metric": "mean Euclidean distance of L2-normalized penultimate features over all same-class pairs",
+        }
+    entry["timings"] = {"decode_s": decode_s, "lpips_s": lpips_s, "teacher_s": teacher_s,
+                        "lpips_pairs": pairs_done}
+    return entry, grids, target_probs
+
+
+def _estimate(scan: ScanResult, entry: dict[str, Any], num_classes: int, images_per_class: int,
+              pairs_per_class: int) -> dict[str, Any]:
+    """Per-unit costs of this run and what 1,000 classes of the same kind would take on this device."""
+    t = entry["timings"]
+    decoded = max(1, entry["images_decoded"])
+    per_image_scan = scan.seconds / max(1, scan.images_scanned)
+    per_image_decode = t["decode_s"] / decoded
+    per_image_teacher = t["teacher_s"] / decoded if entry["teacher_agreement"] else 0.0
+    per_pair_lpips = t["lpips_s"] / t["lpips_pairs"] if t["lpips_pairs"] else 0.0
+    images_per_class_on_disk = scan.images_scanned / max(1, num_classes)
+    per_class = (images_per_class_on_disk * per_image_scan
+                 + images_per_class * (per_image_decode + per_image_teacher)
+                 + pairs_per_class * per_pair_lpips)
+    return {
+        "scan_ms_per_image": 1e3 * per_image_scan,
+        "decode_ms_per_image": 1e3 * per_image_decode,
+        "teacher_ms_per_image": 1e3 * per_image_teacher,
+        "lpips_ms_per_pair": 1e3 * per_pair_lpips,
+        "estimate_s_per_1000_classes": 1000 * per_class,
+        "estimate_note": (f"{images_per_class_on_disk:.0f} images per class on disk scanned, {images_per_class} "
+                          f"decoded, {pairs_per_class} LPIPS pairs, at this dataset's image size, on this device"),
+    }
+
+
+def make_report(
+    datasets: list[Path],
+    out: Path,
+    pairs_per_class: int = 50,
+    images_per_class: int = 64,
+    lpips_net: str | None = "alex",
+    device: str = "auto",
+    seed: int = 0,
+    teacher_weights: str | Path | None = None,
+    teacher: str | Teacher | None = None,
+    grid_classes: int = GRID_CLASSES,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Measure one or more dataset directories and write `out/report.json`, `out/report.html` and the
+    plots (`out/*.png`, per-class grids under `out/grids/`). Returns the content of report.json.
+
+    datasets: directories written by `dfgen synthesize` or `dfgen export-digits`.
+    pairs_per_class: same-class pairs per class for LPIPS (all pairs when the sample has fewer).
+    images_per_class: images sampled (reservoir, seeded) per class; the teacher runs on all of them.
+    lpips_net: "alex", "vgg", "squeeze", or None / "none" to skip LPIPS.
+    device: "auto", "cpu" or "cuda".
+    seed: decides the image sample and the pairs.
+    teacher_weights: local weights file for the teacher named in dataset.json (or for `teacher`).
+    teacher: a teacher name (or a loaded Teacher) to use instead of dataset.json's; needed for
+        agreement and feature diversity on real datasets, which record no teacher.
+
+    User errors (missing dataset.json, damaged shards, LPIPS backbone not available offline, ...)
+    raise DfgenError with a message that names the file."""
+    from dfgen.synthesize import resolve_device
+
+    start_all = time.perf_counter()
+    if not datasets:
+        raise DfgenError("give at least one dataset directory")
+    if pairs_per_class < 0:
+        raise DfgenError(f"--pairs-per-class must be >= 0, got {pairs_per_class}")
+    if images_per_class < 2:
+        raise DfgenError(f"--images-per-class must be >= 2 (pairs need two images), got {images_per_class}")
+    if seed < 0:
+        raise DfgenError(f"--seed must be >= 0, got {seed}")
+    if lpips_net in (None, "none"):
+        lpips_net = None
+    elif lpips_net not in LPIPS_NETS:
+        raise DfgenError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)} or none, got {lpips_net!r}")
+    torch_device = resolve_device(device, 0)
+
+    infos = [open_dataset(Path(d)) for d in datasets]  # all dataset.json / index.json errors before any work
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lpips_model = load_lpips(lpips_net, torch_device) if lpips_net else None
+    cache = _TeacherCache(torch_device)
+    names = _unique_names(infos)
+
+    entries: list[dict[str, Any]] = []
+    all_grids: dict[str, dict[str, Path]] = {}
+    probs_by_name: dict[str, list[float]] = {}
+    for info, name in zip(infos, names, strict=True):
+        started = time.perf_counter()
+        model, teacher_entry, warnings = _resolve_teacher(info, teacher, teacher_weights, cache)
+        for warning in warnings:
+            _log(f"warning: {name}: {warning}", False)
+        _log(f"{name}: checking {len(info.shards)} shard(s) and sampling {images_per_class} images per class", quiet)
+        scan = scan_shards(info, images_per_class, seed)
+        recorded_counts = info.meta.get("class_counts")
+        if isinstance(recorded_counts, list) and recorded_counts != scan.class_counts:
+            warnings.append("class counts in the shards differ from dataset.json's class_counts")
+            _log(f"warning: {name}: {warnings[-1]}", False)
+        grid_dir = out / "grids" / _slug(name)
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        measured, grids, probs = _measure_dataset(
+            info, name, scan, model, lpips_model, torch_device, pairs_per_class, seed, grid_dir,
+            set(grid_class_indices(info.num_classes, grid_classes)), quiet,
+        )
+        all_grids[name] = grids
+        if model is not None:
+            probs_by_name[name] = probs
+        meta = info.meta
+        entry = {
+            "name": name,
+            "path": str(info.path),
+            "kind": meta.get("kind"),
+            "teacher": teacher_entry,
+            "diversity": meta.get("diversity"),
+            "seed": meta.get("seed"),
+            "schedule": meta.get("schedule"),
+            "n": scan.images_scanned,
+            "num_classes": info.num_classes,
+            "classes": info.class_names,
+            "class_counts": dict(zip(info.class_names, scan.class_counts, strict=True)),
+            "in_chans": info.in_chans,
+            "image_size": "x".join(str(v) for v in meta.get("image_size", [])) or None,
+            "format": meta.get("format"),
+            "bytes_on_disk": scan.bytes_on_disk,
+            "shards": {"count": len(info.shards), "checked": scan.shards_checked, "sha256_ok": True},
+            "images_scanned": scan.images_scanned,
+            **{k: v for k, v in measured.items() if k != "timings"},
+            "grids": {cls: str(p.relative_to(out)) for cls, p in grids.items()},
+            "warnings": warnings,
+        }
+        timings = {"scan_s": scan.seconds, **measured["timings"], "total_s": time.perf_counter() - started}
+        timings.update(_estimate(scan, {**measured, "timings": timings}, info.num_classes, images_per_class,
+                                 pairs_per_class))
+        entry["timings"] = timings
+        entries.append(entry)
+        lp = (entry["lpips_intra_class"] or {}).get("mean")
+        agreement = (entry["teacher_agreement"] or {}).get("top1")
+        _log(f"{name}: {scan.images_scanned} images in {len(info.shards)} shard(s) verified; LPIPS "
+             f"{'-' if lp is None else f'{lp:.4f}'}, teacher top-1 {'-' if agreement is None else f'{agreement:.3f}'}"
+             f" ({timings['total_s']:.1f}s)", quiet)
+
+    plots = _plots(out, entries, probs_by_name)
+    report = {
+        "tool": "dfgen report",
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"pairs_per_class": pairs_per_class, "images_per_class": images_per_class,
+                     "lpips_net": lpips_net, "device": str(torch_device), "seed": seed,
+                     "teacher": teacher.source if isinstance(teacher, Teacher) else teacher,
+                     "teacher_weights": None if teacher_weights is None else str(teacher_weights)},
+        "datasets": entries,
+        "plots": {key: str(path.relative_to(out)) for key, path in plots.items()},
+    }
+    if len(entries) > 1:
+        report["comparison"] = {
+            key: {e["name"]: (e[key] or {}).get(field) for e in entries}
+            for key, field in (("lpips_intra_class", "mean"), ("feature_diversity", "mean"),
+                               ("teacher_agreement", "top1"), ("teacher_agreement", "mean_target_prob"))
+        }
+    report["seconds"] = time.perf_counter() - start_all
+    write_html(report, out, plots, all_grids)
+    _write_json(out / "report.json", report)
+    _log(f"wrote {out / 'report.html'} and {out / 'report.json'}", quiet)
+    return _json_safe(report)
+
+
+def _plots(out: Path, entries: list[dict[str, Any]], probs_by_name: dict[str, list[float]]) -> dict[str, Path]:
+    """The plots; classes on the x axis are those of the first dataset (datasets compared share them)."""
+    classes = max((e["classes"] for e in entries), key=len)
+    plots: dict[str, Path] = {}
+
+    def series(get) -> dict[str, list[float | None]]:
+        return {e["name"]: [get(e).get(c) if get(e) else None for c in classes] for e in entries}
+
+    plots["class_counts"] = grouped_bars(out / "class_counts.png", "Images per class", "images", classes,
+                                         series(lambda e: e["class_counts"]), integer=True)
+    if any(e["lpips_intra_class"] for e in entries):
+        plots["lpips_per_class"] = grouped_bars(
+            out / "lpips_per_class.png", "Intra-class LPIPS (higher is more diverse)", "LPIPS", classes,
+            series(lambda e: (e["lpips_intra_class"] or {}).get("per_class")))
+    if any(e["feature_diversity"] for e in entries):
+        plots["feature_diversity_per_class"] = grouped_bars(
+            out / "feature_diversity_per_class.png", "Intra-class teacher feature diversity", "mean distance",
+            classes, series(lambda e: (e["feature_diversity"] or {}).get("per_class")))
+    if probs_by_name:
+        plots["teacher_target_prob"] = histogram(
+            out / "teacher_target_prob.png", "Teacher's probability of the target class", "p(target)",
+            probs_by_name)
+    return plots

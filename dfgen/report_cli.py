@@ -1,0 +1,61 @@
+"""`dfgen report`: the click command, a thin layer over dfgen.report.make_report.
+
+Registered in dfgen/cli.py with `cli.add_command(report)`; DfgenError becomes "Error: ..." there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory (created).")
+@click.option("--pairs-per-class", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Same-class pairs per class for LPIPS.")
+@click.option("--images-per-class", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Images sampled per class (decoded, fed to LPIPS and the teacher).")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg", "squeeze", "none"]), default="alex",
+              show_default=True, help="LPIPS backbone; none skips LPIPS.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Decides the image sample and the pairs.")
+@click.option("--teacher", default=None,
+              help="Teacher to use instead of the one in dataset.json (needed for agreement on real datasets).")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
+              help="Local weights file for the teacher (when its weights cannot be downloaded).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, seed, teacher, teacher_weights,
+           quiet) -> None:
+    """Measure datasets (LPIPS diversity, teacher agreement, feature diversity, shard checks) and write
+    OUT/report.json, a self-contained OUT/report.html and the plots. Several datasets are compared side
+    by side."""
+    from dfgen.report import make_report
+
+    result = make_report(
+        [Path(d) for d in datasets],
+        Path(out),
+        pairs_per_class=pairs_per_class,
+        images_per_class=images_per_class,
+        lpips_net=None if lpips_net == "none" else lpips_net,
+        device=device,
+        seed=seed,
+        teacher_weights=teacher_weights,
+        teacher=teacher,
+        quiet=quiet,
+    )
+    for entry in result["datasets"]:
+        lp = (entry["lpips_intra_class"] or {}).get("mean")
+        fd = (entry["feature_diversity"] or {}).get("mean")
+        ag = entry["teacher_agreement"] or {}
+        click.echo(
+            f"{entry['name']}: {entry['images_scanned']} images, {entry['shards']['checked']} shard(s) verified, "
+            f"LPIPS {_fmt(lp)}, feature diversity {_fmt(fd)}, teacher top-1 {_fmt(ag.get('top1'))}, "
+            f"mean target prob {_fmt(ag.get('mean_target_prob'))}"
+        )
+    click.echo(f"wrote {Path(out) / 'report.html'}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

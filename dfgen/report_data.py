@@ -1,0 +1,321 @@
+"""Reading side of `dfgen report`: open a dataset directory, check every shard against its sidecar in
+one streaming pass, and keep a deterministic per-class reservoir sample of *references* to images
+(shard, byte offset, size), so that only the kept images are ever read again and decoded."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dfgen.errors import DfgenError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+_READ_CHUNK = 1 << 20
+_TAR_BLOCK = 512
+
+
+@dataclass
+class ShardInfo:
+    """One shard as the index and its sidecar describe it."""
+
+    path: Path
+    sidecar_path: Path
+    sha256: str
+    bytes: int
+    count: int | None
+
+
+@dataclass
+class DatasetInfo:
+    """dataset.json plus the resolved list of shards of one dataset directory."""
+
+    path: Path
+    name: str
+    meta: dict[str, Any]
+    shards: list[ShardInfo]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.meta.get("classes")
+        if isinstance(names, list) and len(names) == self.num_classes:
+            return [str(c) for c in names]
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def in_chans(self) -> int:
+        if "in_chans" in self.meta:
+            return int(self.meta["in_chans"])
+        size = self.meta.get("image_size") or [3]
+        return int(size[0])
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one image's encoded bytes lie: enough to read it again without parsing the tar."""
+
+    key: str
+    label: int
+    shard: Path
+    offset: int
+    size: int
+    ext: str
+
+
+@dataclass
+class ScanResult:
+    """What the streaming pass found: the per-class samples and the shard checks."""
+
+    samples: dict[int, list[ImageRef]]
+    class_counts: list[int]
+    images_scanned: int
+    shards_checked: int
+    bytes_on_disk: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path, what: str, hint: str) -> Any:
+    if not path.is_file():
+        raise DfgenError(f"{path} not found: {what}; {hint}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DfgenError(f"{path} is not valid JSON ({exc}); {hint}") from exc
+
+
+def open_dataset(path: str | Path) -> DatasetInfo:
+    """Read dataset.json and index.json of a dataset directory and locate every shard and sidecar.
+
+    Raises DfgenError naming the file for a missing or unreadable dataset.json / index.json."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DfgenError(f"{root} is not a directory; pass a dataset directory written by dfgen synthesize")
+    meta = _read_json(
+        root / "dataset.json",
+        f"{root} is not a complete dfgen dataset",
+        "pass a directory written by dfgen synthesize or dfgen export-digits (an unfinished synthesis writes it "
+        "when its last shard is done; rerun the synthesize command or dfgen index)",
+    )
+    if not isinstance(meta, dict) or not isinstance(meta.get("num_classes"), int) or meta["num_classes"] < 1:
+        raise DfgenError(f"{root / 'dataset.json'} has no positive 'num_classes'; it was not written by dfgen")
+    index = _read_json(root / "index.json", "the shard index is missing", f"rebuild it with `dfgen index {root}`")
+    shardlist = index.get("shardlist") if isinstance(index, dict) else None
+    if not isinstance(shardlist, list) or not shardlist:
+        raise DfgenError(f"{root / 'index.json'} lists no shards; rebuild it with `dfgen index {root}`")
+    shards = []
+    for entry in shardlist:
+        if not isinstance(entry, dict) or "url" not in entry:
+            raise DfgenError(f"{root / 'index.json'} has an entry without 'url'; rebuild it with `dfgen index {root}`")
+        tar = root / str(entry["url"])
+        sidecar_path = tar.with_suffix(".json")
+        if not tar.is_file():
+            raise DfgenError(f"shard {tar} listed in index.json is missing; rerun the synthesize command to make it")
+        sidecar = _read_json(
+            sidecar_path,
+            f"the sidecar of {tar.name} is missing, so the shard was never completed",
+            "rerun the synthesize command to remake the shard",
+        )
+        if not isinstance(sidecar, dict) or "sha256" not in sidecar or "bytes" not in sidecar:
+            raise DfgenError(f"{sidecar_path} has no sha256/bytes; rerun the synthesize command to remake {tar.name}")
+        if entry.get("sha256") not in (None, sidecar["sha256"]):
+            raise DfgenError(
+                f"{root / 'index.json'} does not match its shards ({tar.name} has another sha256 in its sidecar "
+                f"{sidecar_path.name}); rebuild it with `dfgen index {root}`"
+            )
+        shards.append(ShardInfo(tar, sidecar_path, str(sidecar["sha256"]), int(sidecar["bytes"]), sidecar.get("count")))
+    return DatasetInfo(root, root.resolve().name, meta, shards)
+
+
+class _HashingReader:
+    """A read-only file wrapper that hashes and counts every byte tarfile pulls through it."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.handle.read(size)
+        self.digest.update(block)
+        self.position += len(block)
+        return block
+
+    def drain(self) -> None:
+        while self.read(_READ_CHUNK):
+            pass
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's key/extension split: the key ends at the first dot of the file's base name."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
+class Reservoir:
+    """Per-class reservoir sampling (algorithm R): after any stream, each class keeps a uniform random
+    subset of at most `k` of its items. Deterministic: one random.Random(seed) drawn in stream order."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        self.rng = random.Random(seed)
+        self.kept: dict[int, list[Any]] = {}
+        self.seen: dict[int, int] = {}
+
+    def offer(self, label: int, item: Any) -> None:
+        t = self.seen.get(label, 0)
+        self.seen[label] = t + 1
+        slots = self.kept.setdefault(label, [])
+        if t < self.k:
+            slots.append(item)
+        else:
+            j = self.rng.randrange(t + 1)
+            if j < self.k:
+                slots[j] = item
+
+
+def scan_shards(
+    dataset: DatasetInfo,
+    images_per_class: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """One streaming pass over every shard: verify size and sha256 against the sidecar, count labels,
+    and reservoir-sample `images_per_class` image references per class. Decodes no image."""
+    start = time.perf_counter()
+    reservoir = Reservoir(images_per_class, seed)
+    counts = [0] * dataset.num_classes
+    scanned = 0
+    total_bytes = 0
+    warnings: list[str] = []
+    for number, shard in enumerate(dataset.shards):
+        size = shard.path.stat().st_size
+        total_bytes += size
+        if size != shard.bytes:
+            raise DfgenError(
+                f"shard {shard.path} is {size} bytes but its sidecar {shard.sidecar_path.name} says {shard.bytes}: "
+                "truncated or changed; rerun the synthesize command to remake it"
+            )
+        found = _scan_one(shard, dataset.num_classes, reservoir, counts)
+        scanned += found
+        if shard.count is not None and found != int(shard.count):
+            raise DfgenError(
+                f"shard {shard.path} holds {found} images but its sidecar says {shard.count}; rerun the synthesize "
+                "command to remake it"
+            )
+        if progress is not None:
+            progress(number + 1, len(dataset.shards))
+    samples = {label: sorted(refs, key=lambda r: r.key) for label, refs in sorted(reservoir.kept.items())}
+    return ScanResult(samples, counts, scanned, len(dataset.shards), total_bytes, time.perf_counter() - start, warnings)
+
+
+def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: list[int]) -> int:
+    """Stream one tar; returns its number of images. Errors name the shard."""
+    found = 0
+    data_end = 0
+    pending: dict[str, Any] = {}
+
+    def flush() -> None:
+        nonlocal found
+        if not pending:
+            return
+        key = pending.get("key")
+        if "label" not in pending or "image" not in pending:
+            missing = "label (.cls)" if "label" not in pending else "image (.png/.jpg/.webp)"
+            raise DfgenError(f"shard {shard.path}: sample {key} has no {missing}; the shard is not in dfgen's format")
+        label = pending["label"]
+        if not 0 <= label < num_classes:
+            raise DfgenError(
+                f"shard {shard.path}: sample {key} has label {label}, outside the dataset's {num_classes} classes"
+            )
+        counts[label] += 1
+        found += 1
+        offset, size, ext = pending["image"]
+        reservoir.offer(label, ImageRef(key, label, shard.path, offset, size, ext))
+        pending.clear()
+
+    try:
+        with open(shard.path, "rb") as handle:
+            reader = _HashingReader(handle)
+            with tarfile.open(fileobj=reader, mode="r|", bufsize=_READ_CHUNK) as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    key, ext = _split_name(member.name)
+                    if pending and pending.get("key") != key:
+                        flush()
+                    pending["key"] = key
+                    data_end = max(data_end, member.offset_data + member.size)
+                    if ext == "cls":
+                        text = archive.extractfile(member).read()
+                        try:
+                            pending["label"] = int(text.decode().strip())
+                        except (UnicodeDecodeError, ValueError):
+                            raise DfgenError(
+                                f"shard {shard.path}: {member.name} is not an integer label"
+                            ) from None
+                    elif ext.lower() in IMAGE_EXTS:
+                        pending["image"] = (member.offset_data, member.size, ext.lower())
+                flush()
+            reader.drain()
+    except DfgenError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DfgenError(
+            f"shard {shard.path} is truncated or not a tar file ({exc}); rerun the synthesize command to remake it"
+        ) from exc
+    # tarfile stops quietly at a truncated header; the data of the last member and the end-of-archive
+    # blocks must all be there.
+    padded_end = -(-data_end // _TAR_BLOCK) * _TAR_BLOCK
+    if reader.position < padded_end + 2 * _TAR_BLOCK:
+        raise DfgenError(
+            f"shard {shard.path} is truncated (it ends before its last member's data and the end-of-archive "
+            "marker); rerun the synthesize command to remake it"
+        )
+    if reader.digest.hexdigest() != shard.sha256:
+        raise DfgenError(
+            f"shard {shard.path}: sha256 does not match its sidecar {shard.sidecar_path.name} (the shard is damaged "
+            "or was changed); rerun the synthesize command to remake it"
+        )
+    return found
+
+
+def decode_refs(refs: list[ImageRef], channels: int) -> list[np.ndarray]:
+    """Read and decode the referenced images as uint8 (C, H, W) with `channels` (1 grey or 3 RGB)."""
+    mode = "L" if channels == 1 else "RGB"
+    by_shard: dict[Path, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_shard.setdefault(ref.shard, []).append(i)
+    decoded: list[np.ndarray | None] = [None] * len(refs)
+    for shard, positions in by_shard.items():
+        with open(shard, "rb") as handle:
+            for i in sorted(positions, key=lambda p: refs[p].offset):
+                ref = refs[i]
+                handle.seek(ref.offset)
+                data = handle.read(ref.size)
+                try:
+                    image = Image.open(io.BytesIO(data))
+                    image = image.convert(mode)
+                except (UnidentifiedImageError, OSError, ValueError) as exc:
+                    raise DfgenError(
+                        f"shard {shard}: image {ref.key}.{ref.ext} cannot be decoded ({exc}); rerun the synthesize "
+                        "command to remake the shard"
+                    ) from exc
+                array = np.array(image, dtype=np.uint8)  # a writable copy, torch.from_numpy needs one
+                decoded[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
+    return [d for d in decoded if d is not None]
