@@ -69,13 +69,14 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and a time estimate; write nothing.")
 @click.option("--random-init", is_flag=True, help="Random teacher weights (speed tests only).")
 @click.option("--log-every", type=click.IntRange(min=1), help="Iterations between loss reads [50].")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the teacher and losses.")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar; one log line per shard.")
-def synthesize(config_path, batch_size, format_, dry_run, random_init, **options) -> None:
+def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init, **options) -> None:
     """Invert a teacher into a synthetic dataset of WebDataset shards (resumable)."""
     from dfgen.synthesize import describe_plan
     from dfgen.synthesize import synthesize as run_synthesis
 
-    options["format"] = format_
+    options["format"], options["compile"] = format_, compile_
     if batch_size is not None:
         options.update(_split_batch(batch_size, options.get("classes_per_batch"), options.get("images_per_class")))
     config = build_config(config_path, **options)

@@ -30,6 +30,7 @@ class EngineSettings:
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     log_every: int = 50
     channels_last: bool = False
+    compile: bool = False  # torch.compile the teacher + loss (pays for small teachers; see README)
 
 
 @dataclass
@@ -139,6 +140,14 @@ class InversionEngine:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
         self.in_chans = len(mean)
+        # One graph for teacher forward, hooks and loss terms; the jitter stays outside so that the
+        # graph's input shape is fixed per stage (one compilation per resolution).
+        self._loss_terms = torch.compile(self._forward_loss) if settings.compile else self._forward_loss
+
+    def _forward_loss(self, jittered: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        with self._autocast():
+            logits, embedding, bn_terms = self.probe(jittered)
+        return objective(logits, embedding, bn_terms, jittered, labels, self.settings.weights)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
@@ -192,9 +201,7 @@ class InversionEngine:
                 jittered = torch.roll(x, shifts=shifts[it], dims=(2, 3)) if max_shift else x
                 if s.flip and flips[it]:
                     jittered = jittered.flip(3)
-                with self._autocast():
-                    logits, embedding, bn_terms = self.probe(jittered)
-                terms = objective(logits, embedding, bn_terms, jittered, labels, s.weights)
+                terms = self._loss_terms(jittered, labels)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(terms["total"]).backward()

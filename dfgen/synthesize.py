@@ -245,6 +245,7 @@ def engine_for(run: RunPlan) -> InversionEngine:
         precision=run.precision,
         log_every=c.log_every,
         channels_last=run.device.type == "cuda",
+        compile=c.compile,
     )
     return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device)
 
