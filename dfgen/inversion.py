@@ -190,7 +190,7 @@ class InversionEngine:
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             x = x.detach().requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=s.lr * lr_scale, betas=(0.5, 0.9), eps=1e-8)
+            optimizer = torch.optim.Adam([x], lr=s.lr * lr_scale, betas=(0.5, 0.9), eps=1e-8, fused=True)
             # All of the stage's jitter and flips drawn up front, from the batch's generator.
             max_shift = int(resolution * s.jitter_fraction)
             shifts = torch.randint(-max_shift, max_shift + 1, (iterations, 2), generator=generator).tolist()

@@ -17,6 +17,25 @@ def test_channel_stats_biased_variance_over_nhw():
     assert var.tolist() == [5.0]  # (9 + 1 + 1 + 9) / 4, biased
 
 
+def test_channel_stats_gradient_matches_autograd_reference():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    weights_mean, weights_var = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+
+    def reference(x):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        return mean, var
+
+    for fn in (L.channel_stats, reference):
+        x.grad = None
+        mean, var = fn(x)
+        ((mean * weights_mean).sum() + (var * weights_var).sum()).backward()
+        if fn is L.channel_stats:
+            fast = x.grad.clone()
+    torch.testing.assert_close(fast, x.grad)
+    assert torch.autograd.gradcheck(lambda t: L.channel_stats(t), (x.detach().requires_grad_(True),))
+
+
 def test_bn_layer_loss_is_sum_of_plain_norms():
     loss = L.bn_layer_loss(torch.tensor([3.0, 4.0]), torch.tensor([2.0, 2.0]), torch.zeros(2), torch.tensor([2.0, 1.0]))
     assert loss.item() == pytest.approx(5.0 + 1.0)  # ||(3,4)|| + ||(0,1)||, not squared
