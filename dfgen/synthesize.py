@@ -389,15 +389,9 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
 def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> str:
     """The `--dry-run` text: shards, images per rank, disk and time estimates (from a short
     calibration on this device). Writes nothing."""
-    note = ""
-    if teacher is None:
-        try:
-            teacher = load_teacher(config.teacher, config.teacher_weights)
-        except DfgenError as exc:
-            if "could not get pretrained weights" not in str(exc):
-                raise
-            teacher = load_teacher(config.teacher, None, pretrained=False)
-            note = " (weights unavailable here: timed with random weights, which cost the same)"
+    if teacher is None:  # the cost does not depend on the weights: no download for a plan
+        teacher = load_teacher(config.teacher, config.teacher_weights, pretrained=config.teacher_weights is not None)
+    note = "" if config.teacher_weights else " (timed with random weights: the cost does not depend on them)"
     run = prepare(config, teacher)
     plan = run.plan
     seconds_per_image, bytes_per_image, calib_batch = _calibrate(run)
@@ -428,7 +422,7 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
 def _calibrate(run: RunPlan, iterations: int = 1) -> tuple[float, float, int]:
     """Time a few iterations per stage resolution on a small batch: (seconds per image, bytes per image)."""
     engine = engine_for(run)
-    batch = min(run.plan.batch_size, 4)
+    batch = min(run.plan.batch_size, 2)
     labels = torch.arange(batch) % run.plan.num_classes
     seconds_per_image = 0.0
     encoded: list[int] = []

@@ -187,3 +187,19 @@ def test_foreign_directory_is_refused(tmp_path, capsys):
     code, err = run_cli(["synthesize", *SMALL, "--n", "10", "--out", out, "--overwrite"], capsys)
     assert code == 1 and "not made by dfgen" in err
     assert (out / "notes.txt").exists()
+
+
+def test_export_digits_writes_the_real_split_in_the_dataset_format(tmp_path, capsys):
+    code, err = run_cli(["export-digits", "--out", tmp_path / "real"], capsys)
+    assert code == 0, err
+    sizes = {}
+    for part in ("train", "test"):
+        dataset = json.loads((tmp_path / "real" / part / "dataset.json").read_text())
+        index = json.loads((tmp_path / "real" / part / "index.json").read_text())
+        assert dataset["kind"] == "real" and dataset["in_chans"] == 1 and dataset["image_size"] == [1, 32, 32]
+        urls = [str(tmp_path / "real" / part / s["url"]) for s in index["shardlist"]]
+        samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+        sizes[part] = len(samples)
+        assert sum(s["nsamples"] for s in index["shardlist"]) == len(samples) == dataset["n"]
+        assert np.bincount([s["cls"] for s in samples]).tolist() == dataset["class_counts"]
+    assert sizes == {"train": 1347, "test": 450}
