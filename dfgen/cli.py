@@ -63,6 +63,8 @@ def cli() -> None:
 @click.option("--margin", type=float, help="Triplet margin [0.5].")
 @click.option("--ep-reach", type=float, help="Distance at which the easy-positive push stops [0.3].")
 @click.option("--no-diversity", is_flag=True, default=None, help="Plain DeepInversion (ep = triplet = 0).")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips in the jitter [on]; turn off for "
+              "classes a mirror changes (digits, text).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
 @click.option("--rank", type=click.IntRange(min=0), help="This process's rank (without torchrun).")
 @click.option("--world-size", type=click.IntRange(min=1), help="Number of processes (without torchrun).")

@@ -31,6 +31,7 @@ class EngineSettings:
     log_every: int = 50
     channels_last: bool = False
     compile: bool = False  # torch.compile the teacher + loss (pays for small teachers; see README)
+    output_resolution: int | None = None  # written size; None: the last stage's (upsampled if larger)
 
 
 @dataclass
@@ -222,7 +223,12 @@ class InversionEngine:
                         on_log(f"{resolution}px", it + 1, iterations, logged)
         if not torch.isfinite(x).all():
             raise _NonFinite("non-finite pixels")
-        images, target_prob, predicted = self._finish(x.detach(), labels)
+        out = s.output_resolution
+        x = x.detach()
+        if out and out != x.shape[-1]:
+            align = {"align_corners": False} if s.upsample == "bilinear" else {}
+            x = F.interpolate(x.float(), size=(out, out), mode=s.upsample, **align)
+        images, target_prob, predicted = self._finish(x, labels)
         return BatchResult(images, target_prob, predicted, logged, lr_scale)
 
     @torch.no_grad()

@@ -246,6 +246,7 @@ def engine_for(run: RunPlan) -> InversionEngine:
         log_every=c.log_every,
         channels_last=run.device.type == "cuda",
         compile=c.compile,
+        output_resolution=run.teacher.resolution,
     )
     return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device)
 
@@ -356,7 +357,7 @@ def finalize(out: Path) -> bool:
 def dataset_description(run: RunPlan) -> dict[str, Any]:
     """dataset.json without the figures only known at the end (stats, created)."""
     c, plan, teacher = run.config, run.plan, run.teacher
-    resolution = run.schedule[-1][0]
+    resolution = run.teacher.resolution  # images are written at the teacher's input size
     return {
         "kind": "synthetic",
         "tool": "dfgen",

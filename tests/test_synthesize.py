@@ -62,7 +62,7 @@ def test_output_format_and_webdataset_readback(tmp_path, capsys):
     assert dataset["n"] == 30 and dataset["num_classes"] == 10 and dataset["in_chans"] == 1
     assert dataset["teacher"]["source"] == "dfgen:digits" and len(dataset["teacher"]["weights_sha256"]) == 64
     assert dataset["schedule"] == "8:4,16:4" and dataset["format"] == "png" and dataset["seed"] == 0
-    assert dataset["losses"]["ep"] == 50 and dataset["image_size"] == [1, 16, 16]
+    assert dataset["losses"]["ep"] == 50 and dataset["image_size"] == [1, 32, 32]  # the teacher's input size
     index = json.loads((out / "index.json").read_text())
     assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1
     assert [s["nsamples"] for s in index["shardlist"]] == [20, 10]
@@ -82,7 +82,7 @@ def test_output_format_and_webdataset_readback(tmp_path, capsys):
     assert all(isinstance(label, int) for label in labels)
     assert np.bincount(labels, minlength=10).tolist() == [3] * 10 == dataset["class_counts"]
     images = [Image.open(io.BytesIO(s["png"])) for s in samples]
-    assert all(img.mode == "L" and img.size == (16, 16) for img in images)  # one channel stays grey
+    assert all(img.mode == "L" and img.size == (32, 32) for img in images)  # one channel stays grey
     assert [s["json"]["index"] for s in samples] == list(range(30))
     assert all(s["json"]["label"] == s["cls"] for s in samples)
     assert all(0 <= s["json"]["target_prob"] <= 1 for s in samples)
