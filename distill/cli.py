@@ -1,0 +1,98 @@
+"""The `distill` command line (`distill run`, `distill eval`): a thin layer over `distill.train` and
+`distill.evaluate_checkpoint`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from dfgen.errors import DfgenError
+from distill.config import build_config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dfgen")
+def cli() -> None:
+    """distill: train DearKD vision transformers on dfgen shards (two-stage early knowledge distillation)."""
+
+
+@cli.command()
+@click.option("--shards", multiple=True, help="Training dataset dir (dfgen format); repeat to mix several.")
+@click.option("--val", help="Validation data: a dfgen-format dataset or an ImageFolder.")
+@click.option("--model", help="Student: dearkd_tiny_patch16_224 (default), ..., dearkd_micro_patch4_32.")
+@click.option("--teacher", help="Teacher for stage 1 [the one named in the synthetic dataset.json].")
+@click.option("--teacher-weights", type=click.Path(), help="Local teacher weights file (state dict).")
+@click.option("--config", "config_path", type=click.Path(), help="YAML preset (configs/distill_*.yaml).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs [300].")
+@click.option("--stage1-epochs", type=click.IntRange(min=0), help="Epochs with the teacher [250].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch, split over processes [256].")
+@click.option("--lr", type=float, help="Learning rate per 512 images: x batch/512 [5e-4].")
+@click.option("--hidden-weight", type=click.FloatRange(min=0), help="Weight beta of the hidden loss [1.0].")
+@click.option("--align", help='Student block : teacher stage pairs, e.g. "4:s3" [a middle MHCA block : equal size].')
+@click.option("--num-classes", type=click.IntRange(min=1), help="[from dataset.json]")
+@click.option("--in-chans", type=click.IntRange(min=1), help="[from dataset.json]")
+@click.option("--seed", type=int, help="Seed [0].")
+@click.option("--workers", type=click.IntRange(min=0), help="Loader processes per rank [0 on CPU, <=8 on GPU].")
+@click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights [off].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto]")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[auto: bf16 on CUDA]")
+@click.option("--out", help="Run directory (last.pt, best.pt, metrics.jsonl, curves.png) [runs/distill].")
+@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out exactly where it stopped.")
+@click.option("--stop-after", type=click.IntRange(min=1), help="Leave after N epochs of this invocation.")
+@click.option("--quiet", is_flag=True, default=None, help="No progress bars; one line per epoch.")
+def run(config_path: str | None, shards: tuple[str, ...], **options) -> None:
+    """Train a DearKD student: stage 1 with the teacher, stage 2 without (DDP under torchrun)."""
+    from distill.train import train
+
+    if not shards and config_path is None:
+        raise click.UsageError("Missing option '--shards'.")
+    config = build_config(config_path, shards=list(shards), **options)
+    if not config.shards:
+        raise click.UsageError("Missing option '--shards' (or shards: in the --config file).")
+    summary = train(config)
+    if summary["rank"] == 0:
+        click.echo(json.dumps({k: summary[k] for k in ("out", "epoch", "best_top1")}))
+
+
+@cli.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(), help="RUN_DIR/last.pt or best.pt.")
+@click.option("--data", required=True, help="A dfgen-format dataset or an ImageFolder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Data loader processes [0 on CPU, 8 on GPU].")
+@click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
+def eval_(checkpoint: str, data: str, device: str, batch_size: int, workers: int | None, ema: bool) -> None:
+    """Top-1/top-5 of a checkpoint on DATA, printed as one JSON line {"top1", "top5", "n"} (percent)."""
+    from distill.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, device=device, batch_size=batch_size, workers=workers, ema=ema)
+    click.echo(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit 1 (usage errors 2), never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="distill", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DfgenError as exc:  # DistillError included
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("Interrupted; rerun with --resume to continue from the last finished epoch.", err=True)
+        sys.exit(130)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message; for an error re-raised from a DataLoader worker (its traceback is in the message), the
+    original message from the traceback's last line."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split("Error: ", 1)[1] if "Error: " in last else last
+    return text

@@ -1,0 +1,181 @@
+"""Training configuration of `distill run`: one dataclass, YAML presets (configs/distill_*.yaml), CLI overrides.
+
+Defaults are the DeiT / DearKD ImageNet recipe (SPEC section 5); the digits preset overrides what does not fit
+32x32 greyscale digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import DistillError
+
+_DEVICES = ("auto", "cpu", "cuda")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `distill.train` needs. `content()` is the part that decides the result: `--resume` refuses a
+    checkpoint made with a different one (the run fields may change between invocations)."""
+
+    # data
+    shards: list[str] = field(default_factory=list)  # one or more datasets (SPEC section 3 format)
+    val: str | None = None  # dataset or ImageFolder evaluated after every epoch
+    # student
+    model: str = "dearkd_tiny_patch16_224"
+    num_classes: int | None = None  # None: from the training data's dataset.json
+    in_chans: int | None = None
+    img_size: int | None = None
+    drop_path: float = 0.1
+    # teacher and stage 1
+    teacher: str | None = None  # None: the teacher named in a synthetic dataset.json
+    teacher_weights: str | None = None
+    epochs: int = 300
+    stage1_epochs: int = 250  # epochs with the teacher (DeiT hard distillation + hidden loss)
+    hidden_weight: float = 1.0  # beta of the hidden (aligner MSE) loss
+    align: str | None = None  # "block:stage,..."; None: a middle MHCA block with the equal-size teacher stage
+    # optimization (DeiT)
+    batch_size: int = 256  # global: split over the DDP ranks
+    lr: float = 5e-4  # at a batch of lr_base_size; None there: used as is
+    lr_base_size: int | None = 512
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 5
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    opt_eps: float = 1e-8
+    clip_grad: float | None = None
+    ema: bool = False
+    ema_decay: float = 0.99996
+    # augmentation (DeiT)
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    aa_fill: int | None = None  # pixel value RandAugment fills with; None: timm's (the normalization mean)
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.3
+    train_interpolation: str = "bicubic"
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    attn_images: int = 64  # images of the fixed probe batch for the attention distance (0: not logged)
+    # how it runs (not content)
+    out: str = "runs/distill"
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None  # None: 0 on CPU, min(8, cores per rank) on CUDA
+    eval_batch_size: int | None = None  # None: the per-rank training batch
+    max_bad_shards: int = 3  # corrupt shards skipped with a warning before the run stops
+    resume: bool = False
+    quiet: bool = False
+    stop_after: int | None = None  # leave after this many epochs of this invocation (time-sliced jobs)
+
+    RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "max_bad_shards", "resume", "quiet",
+                  "stop_after")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shards, (str, Path)):
+            self.shards = [str(self.shards)]
+        self.shards = [str(s) for s in self.shards]
+        self.scale = _pair(self.scale, "scale")
+        self.ratio = _pair(self.ratio, "ratio")
+        if self.epochs < 1:
+            raise DistillError(f"--epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.stage1_epochs <= self.epochs:
+            raise DistillError(
+                f"--stage1-epochs ({self.stage1_epochs}) must be between 0 and --epochs ({self.epochs}): stage 1 is "
+                "the first part of the run"
+            )
+        if self.batch_size < 1:
+            raise DistillError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise DistillError(f"--lr must be positive, got {self.lr}")
+        if self.hidden_weight < 0:
+            raise DistillError(f"--hidden-weight must be >= 0, got {self.hidden_weight}")
+        if self.device not in _DEVICES:
+            raise DistillError(f"--device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
+        if self.precision not in _PRECISIONS:
+            raise DistillError(f"--precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
+        if self.max_bad_shards < 0:
+            raise DistillError(f"max_bad_shards must be >= 0, got {self.max_bad_shards}")
+        if self.align:
+            from distill.teacher_features import parse_align
+
+            parse_align(self.align)  # a malformed --align fails now, not after the data and teacher are loaded
+        if self.stop_after is not None and self.stop_after < 1:
+            raise DistillError(f"--stop-after must be >= 1, got {self.stop_after}")
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def content(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name in self.RUN_FIELDS:
+            data.pop(name)
+        return json.loads(json.dumps(data))  # tuples -> lists, as they come back from a checkpoint
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _pair(value: Any, name: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise DistillError(f"{name} must be two numbers [low, high], got {value!r}") from None
+    return low, high
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DistillError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise DistillError(f"config file {path} must hold a mapping of option: value")
+    data = {str(key).replace("-", "_"): value for key, value in data.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise DistillError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults <- YAML preset <- explicit overrides (None or an empty list means 'not given')."""
+    data: dict[str, Any] = load_yaml_config(yaml_path) if yaml_path else {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise DistillError(f"unknown option {key!r}")
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        data[key] = value
+    try:
+        return TrainConfig(**data)
+    except TypeError as exc:  # a YAML value of the wrong kind (e.g. a list where a number goes)
+        raise DistillError(f"bad configuration: {exc}") from None

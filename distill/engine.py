@@ -1,0 +1,194 @@
+"""One training epoch and one evaluation pass (DeiT's engine, flat loops)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.utils import dispatch_clip_grad
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill.errors import DistillError
+from distill.losses import dearkd_loss
+from distill.teacher_features import Pair, TeacherFeatures, match_size
+
+
+class StudentForward(nn.Module):
+    """Makes `DearKD.forward_intermediates` the module's forward, so DDP sees exactly one call per step (and syncs
+    gradients) whether or not block tokens are wanted."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, blocks: tuple[int, ...] = ()) -> tuple[Any, dict[int, torch.Tensor]]:
+        if blocks:
+            return self.model.forward_intermediates(x, blocks)
+        return self.model(x), {}
+
+
+@dataclass
+class EpochContext:
+    """What a training epoch needs besides the data."""
+
+    student: nn.Module  # StudentForward, DDP-wrapped under torchrun
+    model: nn.Module  # the bare DearKD (EMA source)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm scheduler, stepped per update
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    scaler: torch.amp.GradScaler | None = None
+    mixup: Any = None  # timm Mixup or None
+    teacher: TeacherFeatures | None = None  # None: stage 2
+    aligners: nn.ModuleDict | None = None
+    pairs: tuple[Pair, ...] = ()
+    hidden_weight: float = 1.0
+    clip_grad: float | None = None
+    ema: Any = None  # timm ModelEmaV3 or None
+    world_size: int = 1
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _sync_grads(module: nn.Module, world_size: int) -> None:
+    """Average the aligners' gradients over ranks (they live outside the DDP-wrapped student, which lets stage 2
+    drop them without re-wrapping the student)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if world_size <= 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates: int, desc: str = "",
+                    progress: bool = True) -> tuple[dict[str, Any], int]:
+    """Train for one epoch of `steps` batches. Returns (mean loss terms over all ranks, lr, throughput, steps) and
+    the updated number of optimizer updates."""
+    stage1 = ctx.teacher is not None
+    blocks = tuple(sorted({p.block for p in ctx.pairs})) if stage1 and ctx.aligners is not None else ()
+    ctx.student.train()
+    if ctx.aligners is not None:
+        ctx.aligners.train(stage1)
+    params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+    sums: dict[str, torch.Tensor] = {}
+    seen = done = 0
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True, dynamic_ncols=True)
+    start = time.perf_counter()
+    for images, labels in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        labels = labels.to(ctx.device, non_blocking=True)
+        target = labels
+        if ctx.mixup is not None:
+            images, target = ctx.mixup(images, labels)
+        teacher_logits = None
+        teacher_maps: list[torch.Tensor] = []
+        if stage1:
+            # the teacher labels the same (augmented, mixed) batch the student sees: DeiT hard distillation
+            teacher_logits, maps = ctx.teacher(images)
+        with autocast(ctx.device, ctx.amp_dtype):
+            outputs, tokens = ctx.student(images, blocks)
+            student_maps = [ctx.aligners[p.key](tokens[p.block]) for p in ctx.pairs] if blocks else []
+        if blocks:
+            teacher_maps = [match_size(maps[p.stage.name], tuple(m.shape[-2:]))
+                            for p, m in zip(ctx.pairs, student_maps, strict=True)]
+        terms = dearkd_loss(outputs, target, ctx.criterion, teacher_logits, student_maps, teacher_maps,
+                            ctx.hidden_weight)
+        loss = terms["loss"]
+
+        ctx.optimizer.zero_grad(set_to_none=True)
+        scaler = ctx.scaler
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if blocks:
+            _sync_grads(ctx.aligners, ctx.world_size)
+        if ctx.clip_grad:
+            if scaler is not None and scaler.is_enabled():
+                scaler.unscale_(ctx.optimizer)
+            dispatch_clip_grad(params, ctx.clip_grad, mode="norm")
+        if scaler is not None and scaler.is_enabled():
+            scaler.step(ctx.optimizer)
+            scaler.update()
+        else:
+            ctx.optimizer.step()
+        num_updates += 1
+        ctx.scheduler.step_update(num_updates=num_updates)
+        if ctx.ema is not None:
+            ctx.ema.update(ctx.model, step=num_updates)
+
+        batch = images.shape[0]
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * batch
+        seen += batch
+        done += 1
+        bar.update(1)
+        if ctx.device.type == "cpu" or done % 20 == 0:  # a host sync per step costs little on CPU only
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DistillError(f"the training loss became {value} at update {num_updates}; lower --lr or "
+                                   "set clip_grad in the config")
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+
+    names = sorted(sums)
+    totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(seen), device=ctx.device)])
+    steps_done = torch.tensor([done], device=ctx.device)
+    rank_steps = [done]
+    if ctx.world_size > 1:
+        dist.all_reduce(totals)
+        gathered = [torch.zeros_like(steps_done) for _ in range(ctx.world_size)]
+        dist.all_gather(gathered, steps_done)
+        rank_steps = [int(s) for s in gathered]
+    count = float(totals[-1])
+    stats: dict[str, Any] = {f"loss_{n}" if n != "loss" else "loss": float(totals[i]) / max(count, 1.0)
+                             for i, n in enumerate(names)}
+    for name, value in stats.items():
+        if not math.isfinite(value):
+            raise DistillError(f"the training loss ({name}) became {value}; lower --lr or set clip_grad in the config")
+    stats.update(lr=ctx.optimizer.param_groups[0]["lr"], images_per_s=count / max(elapsed, 1e-9),
+                 epoch_seconds=elapsed, rank_steps=rank_steps)
+    return stats, num_updates
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
+             world_size: int = 1) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) of the averaged heads, summed over ranks; `n` images in all."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = model(images)
+            k = min(5, logits.shape[-1])
+            top = logits.float().topk(k, dim=-1).indices
+            hits = top.eq(labels[:, None])
+            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum(),
+                                   torch.tensor(labels.numel(), device=device)]).double()
+    finally:
+        model.train(was_training)
+    if world_size > 1:
+        dist.all_reduce(counts)
+    n = int(counts[2])
+    return {"top1": 100.0 * float(counts[0]) / max(n, 1), "top5": 100.0 * float(counts[1]) / max(n, 1), "n": n}
