@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from dfgen.config import build_config, parse_count, parse_schedule
-from dfgen.errors import DfgenError
+from dfgen.errors import DfgenError, run_cli
 
 
 def _count(ctx, param, value):
@@ -134,16 +133,4 @@ cli.add_command(report)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="dfgen", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except DfgenError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("Interrupted; rerun the same command to continue where it stopped.", err=True)
-        sys.exit(130)
+    run_cli(cli, "dfgen", argv, "Interrupted; rerun the same command to continue where it stopped.")

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from dfgen.errors import DfgenError
+from dfgen.errors import run_cli
 from distill.config import build_config
 
 
@@ -73,26 +72,4 @@ def eval_(checkpoint: str, data: str, device: str, batch_size: int, workers: int
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit 1 (usage errors 2), never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="distill", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except DfgenError as exc:  # DistillError included
-        click.echo(f"Error: {_one_line(exc)}", err=True)
-        sys.exit(1)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("Interrupted; rerun with --resume to continue from the last finished epoch.", err=True)
-        sys.exit(130)
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message; for an error re-raised from a DataLoader worker (its traceback is in the message), the
-    original message from the traceback's last line."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        return last.split("Error: ", 1)[1] if "Error: " in last else last
-    return text
+    run_cli(cli, "distill", argv, "Interrupted; rerun with --resume to continue from the last finished epoch.")

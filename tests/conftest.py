@@ -11,3 +11,21 @@ def digits_teacher():
     from dfgen.teachers import load_teacher
 
     return load_teacher("digits")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """64 training and 32 test real digits in the dfgen format (what a student can learn quickly)."""
+    import torch
+
+    from dfgen.realdata import write_image_dataset
+    from dfgen.zoo.digits import load_digits_split
+
+    split = load_digits_split()
+    root = tmp_path_factory.mktemp("digits")
+    to_uint8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+    write_image_dataset(root / "train", to_uint8(split.train_images[:64]), split.train_labels[:64],
+                        {"num_classes": 10}, shard_size=32)
+    write_image_dataset(root / "test", to_uint8(split.test_images[:32]), split.test_labels[:32],
+                        {"num_classes": 10}, shard_size=32)
+    return root

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfgen.realdata import write_image_dataset
-
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 TINY = ["--config", str(ROOT / "configs" / "distill_digits.yaml"), "--epochs", "2", "--stage1-epochs", "1",
@@ -21,20 +19,6 @@ TINY = ["--config", str(ROOT / "configs" / "distill_digits.yaml"), "--epochs", "
 def distill(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "distill", *map(str, args)], env=ENV, capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from dfgen.zoo.digits import load_digits_split
-
-    split = load_digits_split()
-    root = tmp_path_factory.mktemp("cli_digits")
-    to_uint8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
-    write_image_dataset(root / "train", to_uint8(split.train_images[:64]), split.train_labels[:64],
-                        {"num_classes": 10}, shard_size=32)
-    write_image_dataset(root / "test", to_uint8(split.test_images[:32]), split.test_labels[:32],
-                        {"num_classes": 10}, shard_size=32)
-    return root
 
 
 def test_run_then_eval(digits, tmp_path):

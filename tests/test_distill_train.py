@@ -19,21 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_PRESET = ROOT / "configs" / "distill_digits.yaml"
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """64 training and 32 test digits in the dfgen format (real images: what a student can learn)."""
-    from dfgen.zoo.digits import load_digits_split
-
-    split = load_digits_split()
-    root = tmp_path_factory.mktemp("digits")
-    to_uint8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
-    write_image_dataset(root / "train", to_uint8(split.train_images[:64]), split.train_labels[:64],
-                        {"num_classes": 10}, shard_size=32)
-    write_image_dataset(root / "test", to_uint8(split.test_images[:32]), split.test_labels[:32],
-                        {"num_classes": 10}, shard_size=32)
-    return root
-
-
 def tiny_config(digits, out, **overrides):
     settings = dict(shards=[str(digits / "train")], val=str(digits / "test"), out=str(out), epochs=3,
                     stage1_epochs=1, batch_size=16, warmup_epochs=1, device="cpu", workers=0, quiet=True,
