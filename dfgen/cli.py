@@ -81,8 +81,9 @@ def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init,
     if batch_size is not None:
         options.update(_split_batch(batch_size, options.get("classes_per_batch"), options.get("images_per_class")))
     config = build_config(config_path, **options)
-    if config_path is None and options.get("out") is None:
-        raise click.UsageError("Missing option '--out'.")
+    for name, flag in (("out", "--out"), ("teacher", "--teacher"), ("n", "-n")):
+        if config_path is None and options.get(name) is None:  # a preset may supply them, else they are required
+            raise click.UsageError(f"Missing option '{flag}' (or a --config preset that sets it).")
     teacher = None
     if random_init:
         from dfgen.teachers import load_teacher

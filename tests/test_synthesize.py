@@ -172,6 +172,13 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, args, code, messag
     assert len(lines) <= 3  # click usage errors add a usage line and a hint
 
 
+def test_teacher_count_and_out_are_required_without_a_preset(tmp_path, capsys):
+    code, err = run_cli(["synthesize", "-n", "10", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "--teacher" in err
+    code, err = run_cli(["synthesize", "--teacher", "digits", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "-n" in err
+
+
 def test_not_a_checkpoint_teacher_weights(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")
