@@ -30,7 +30,7 @@ from dfgen.realdata import export_digits
 from dfgen.report import make_report
 from dfgen.synthesize import synthesize
 from dfgen.teachers import load_teacher
-from dfgen.zoo.digits import evaluate, load_digits_split, normalize
+from dfgen.zoo.digits import evaluate, load_digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def main() -> None:
 
     teacher = load_teacher("digits")
     split = load_digits_split()
-    teacher_acc = evaluate(teacher.model, normalize(split.test_images), split.test_labels)
+    teacher_acc = evaluate(teacher.model, split.test_images, split.test_labels)  # normalises itself
     real = out / "real"
     if not (real / "test" / "index.json").exists():
         export_digits(real)
