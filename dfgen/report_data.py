@@ -271,7 +271,6 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
                             ) from None
                     elif ext.lower() in IMAGE_EXTS:
                         pending["image"] = (member.offset_data, member.size, ext.lower())
-                flush()
             reader.drain()
     except DfgenError:
         raise
@@ -287,6 +286,7 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
             f"shard {shard.path} is truncated (it ends before its last member's data and the end-of-archive "
             "marker); rerun the synthesize command to remake it"
         )
+    flush()  # the last sample, once the shard is known to be whole (a cut-off sample is a truncation)
     if reader.digest.hexdigest() != shard.sha256:
         raise DfgenError(
             f"shard {shard.path}: sha256 does not match its sidecar {shard.sidecar_path.name} (the shard is damaged "

@@ -173,7 +173,7 @@ def test_report_files_and_figures(two_report, pair):
     assert [div["name"], plain["name"]] == ["div", "plain"] and (div["diversity"], plain["diversity"]) == (True, False)
     for d in (div, plain):
         assert d["images_scanned"] == 40 and d["images_decoded"] == 30 and d["shards"]["checked"] == 2
-        assert d["class_counts"] == {str(c): 4 for c in range(10)} and d["image_size"] == "1x16x16"
+        assert d["class_counts"] == {str(c): 4 for c in range(10)} and d["image_size"] == "1x32x32"
         assert d["format"] == "png" and d["bytes_on_disk"] > 0
         lp = d["lpips_intra_class"]
         assert set(lp["per_class"]) == {str(c) for c in range(10)} and lp["pairs"] == 30
@@ -309,7 +309,7 @@ def test_tar_member_layout_matches_what_the_scanner_reads(pair):
     with open(ref.shard, "rb") as handle:
         handle.seek(ref.offset)
         image = Image.open(io.BytesIO(handle.read(ref.size)))
-        assert image.size == (16, 16)
+        assert image.size == (32, 32)  # written at the teacher's input size
     with tarfile.open(ref.shard) as archive:
         assert archive.getmember(f"{ref.key}.png").offset_data == ref.offset
 
