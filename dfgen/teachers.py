@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class Teacher:
     num_classes: int
     weights_sha256: str
     interpolation: str = "bilinear"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_chans(self) -> int:
