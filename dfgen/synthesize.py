@@ -27,6 +27,7 @@ from dfgen.errors import DfgenError
 from dfgen.inversion import EngineSettings, InversionEngine
 from dfgen.plan import LabelPlan
 from dfgen.shards import (
+    TMP_MARK,
     Sample,
     build_index,
     check_writable_channels,
@@ -146,35 +147,39 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None) -> RunPlan:
 
 
 def _prepare_out_dir(run: RunPlan) -> None:
+    """Claim `out` for this configuration, or refuse. Several ranks may run this at once: each writes
+    the same config.json atomically, and a directory holding only dfgen's own entries is never foreign."""
     out = run.out
     content = run.content()
     config_path = out / CONFIG_FILE
     existing = json.loads(config_path.read_text()) if config_path.is_file() else None
-    has_files = out.is_dir() and any(out.iterdir())
+    own = {"shards", CONFIG_FILE, "index.json", "dataset.json"}
+    foreign = [p.name for p in out.iterdir() if p.name not in own and not p.name.startswith(CONFIG_FILE + TMP_MARK)] \
+        if out.is_dir() else []
     if existing is not None and existing.get("content") == content:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
         return
-    if has_files and not run.config.overwrite:
-        if existing is None:
-            raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
-        changed = sorted(k for k in set(content) | set(existing.get("content", {}))
-                         if content.get(k) != existing.get("content", {}).get(k))
-        raise DfgenError(
-            f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
-            "command to continue it, or pass --overwrite to replace it"
-        )
-    if has_files and run.config.overwrite:
+    if existing is None and foreign:
+        raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
+    if existing is not None:
+        if not run.config.overwrite:
+            old = existing.get("content", {})
+            changed = sorted(k for k in set(content) | set(old) if content.get(k) != old.get(k))
+            raise DfgenError(
+                f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
+                "command to continue it, or pass --overwrite to replace it"
+            )
         if run.world_size > 1:
             raise DfgenError("--overwrite with several processes would race; delete the output directory first")
-        if existing is None:
-            raise DfgenError(f"{out} was not made by dfgen synthesize; refusing to overwrite it")
         shutil.rmtree(out / "shards", ignore_errors=True)
         for name in ("index.json", "dataset.json", CONFIG_FILE):
             (out / name).unlink(missing_ok=True)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         config_path,
         {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run)},
     )
+    (out / "shards").mkdir(exist_ok=True)
 
 
 def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: tqdm | None) -> tuple:
