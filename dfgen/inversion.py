@@ -185,9 +185,7 @@ class InversionEngine:
         logged: dict[str, float] = {}
         for resolution, iterations in s.schedule:
             if x.shape[-1] != resolution:
-                align = {"align_corners": False} if s.upsample == "bilinear" else {}
-                x = F.interpolate(x, size=(resolution, resolution), mode=s.upsample, **align)
-                x = torch.maximum(torch.minimum(x, self.high), self.low)
+                x = self._resize(x, resolution).clamp_(self.low, self.high)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             x = x.detach().requires_grad_(True)
@@ -212,7 +210,7 @@ class InversionEngine:
                     terms["total"].backward()
                     optimizer.step()
                 with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, self.high), self.low))
+                    x.clamp_(self.low, self.high)  # in place: no temporaries per iteration
                 last = it == iterations - 1
                 if last or (s.log_every and (it + 1) % s.log_every == 0):
                     # The only host sync of the loop, every log_every iterations.
@@ -223,13 +221,16 @@ class InversionEngine:
                         on_log(f"{resolution}px", it + 1, iterations, logged)
         if not torch.isfinite(x).all():
             raise _NonFinite("non-finite pixels")
-        out = s.output_resolution
         x = x.detach()
-        if out and out != x.shape[-1]:
-            align = {"align_corners": False} if s.upsample == "bilinear" else {}
-            x = F.interpolate(x.float(), size=(out, out), mode=s.upsample, **align)
+        if s.output_resolution and s.output_resolution != x.shape[-1]:
+            x = self._resize(x.float(), s.output_resolution)
         images, target_prob, predicted = self._finish(x, labels)
         return BatchResult(images, target_prob, predicted, logged, lr_scale)
+
+    def _resize(self, x: Tensor, resolution: int) -> Tensor:
+        """Stage change (and output size): the same interpolation for both."""
+        align = {"align_corners": False} if self.settings.upsample == "bilinear" else {}
+        return F.interpolate(x, size=(resolution, resolution), mode=self.settings.upsample, **align)
 
     @torch.no_grad()
     def _finish(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
