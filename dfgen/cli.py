@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dfgen.config import build_config, parse_count, parse_schedule
+from dfgen.config import build_config, load_yaml_config, parse_count, parse_floats, parse_kwargs, parse_schedule
 from dfgen.errors import DfgenError, run_cli
 
 
@@ -28,6 +28,52 @@ def _schedule(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _mapping(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_kwargs(value)
+    except DfgenError as exc:
+        raise click.BadParameter(str(exc).replace("--teacher-kwargs ", "")) from None
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_floats(value, param.opts[0])
+    except DfgenError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# The options that say which teacher to build (besides its name), shared by `synthesize` and `teachers --check`.
+TEACHER_OPTIONS = [
+    click.option("--teacher-weights", type=click.Path(),
+                 help="Local weights file: a state dict, or a training checkpoint holding one (state_dict, model, "
+                      "model_ema, Lightning, DataParallel); read with weights_only=True."),
+    click.option("--teacher-kwargs", callback=_mapping, metavar="MAPPING",
+                 help="Arguments of the model factory, YAML or JSON: '{num_classes: 10}'."),
+    click.option("--num-classes", type=click.IntRange(min=1),
+                 help="Classes of a timm/torchvision teacher [the weights file's classifier, else the model's]."),
+    click.option("--in-chans", type=click.IntRange(1, 4),
+                 help="Input channels of a timm teacher [the weights file's first convolution, else 3]."),
+    click.option("--image-size", type=click.IntRange(min=1),
+                 help="Teacher input size (square) and image size [the model's data config]."),
+    click.option("--mean", callback=_floats, metavar="M1,M2,M3",
+                 help="Per-channel normalization mean, overriding the model's data config."),
+    click.option("--std", callback=_floats, metavar="S1,S2,S3",
+                 help="Per-channel normalization std, overriding the model's data config."),
+    click.option("--use-ema", is_flag=True, default=None,
+                 help="Take the EMA weights (state_dict_ema / model_ema) of a training checkpoint."),
+]
+
+
+def teacher_options(func):
+    for option in reversed(TEACHER_OPTIONS):
+        func = option(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfgen")
 def cli() -> None:
@@ -35,11 +81,15 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--teacher", help="Teacher: digits, regnety_16gf, or a timm / torchvision model name.")
+@click.option("--teacher", help="Teacher: digits, regnety_16gf, a timm / torchvision model name (timm:NAME, "
+              "torchvision:NAME; unprefixed prefers timm), or your own model: path/to/models.py:factory or "
+              "package.module:factory.")
 @click.option("--n", "-n", "n", callback=_count, help="Number of images: 1000, 50k, 1.2M (-n under torchrun).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--config", "config_path", type=click.Path(), help="YAML preset (configs/*.yaml); flags override it.")
-@click.option("--teacher-weights", type=click.Path(), help="Local weights file (state dict; timm or torchvision keys).")
+@teacher_options
+@click.option("--class-names", type=click.Path(dir_okay=False),
+              help="File of class names (one a line, or JSON) for dataset.json and the report.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch (K classes x M images).")
 @click.option("--schedule", callback=_schedule, help="Stages res:iters,... [default: HALF:2000,FULL:2000].")
 @click.option("--classes-per-batch", type=click.IntRange(min=1), help="Classes in a batch [default: min(C, 32)].")
@@ -80,15 +130,18 @@ def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init,
     options["format"], options["compile"] = format_, compile_
     if batch_size is not None:
         options.update(_split_batch(batch_size, options.get("classes_per_batch"), options.get("images_per_class")))
-    config = build_config(config_path, **options)
+    preset = load_yaml_config(config_path) if config_path else {}
     for name, flag in (("out", "--out"), ("teacher", "--teacher"), ("n", "-n")):
-        if config_path is None and options.get(name) is None:  # a preset may supply them, else they are required
+        # A preset may supply them, else they are required; a preset without a teacher (configs/cifar10_resnet34.yaml
+        # is for the user's own model) must not fall back to the digits default.
+        if options.get(name) is None and (config_path is None or (name == "teacher" and name not in preset)):
             raise click.UsageError(f"Missing option '{flag}' (or a --config preset that sets it).")
+    config = build_config(config_path, **options)
     teacher = None
     if random_init:
         from dfgen.teachers import load_teacher
 
-        teacher = load_teacher(config.teacher, None, pretrained=False)
+        teacher = load_teacher(config.teacher, None, pretrained=False, **config.teacher_options())
     if dry_run:
         click.echo(describe_plan(config, teacher))
         return
@@ -106,6 +159,47 @@ def _split_batch(batch_size: int, classes: int | None, per_class: int | None) ->
             param_hint="--batch-size",
         )
     return {"classes_per_batch": classes, "images_per_class": per_class}
+
+
+@cli.command()
+@click.option("--check", "check", metavar="NAME", help="Load teacher NAME and print what dfgen will use, without "
+              "synthesizing.")
+@teacher_options
+@click.option("--random-init", is_flag=True, help="With --check: random weights (check the shape offline).")
+def teachers(check: str | None, random_init: bool, teacher_weights: str | None, teacher_kwargs, use_ema,
+             **options) -> None:
+    """List the teacher aliases and name forms; --check NAME loads one and prints its classes, input size,
+    mean/std, BatchNorm layers and parameters."""
+    from dfgen.teachers import ALIAS_NOTES, ALIASES, describe_teacher, load_teacher
+
+    if check is None:
+        given = [k for k, v in {**options, "teacher_weights": teacher_weights, "teacher_kwargs": teacher_kwargs,
+                                "use_ema": use_ema, "random_init": random_init or None}.items() if v is not None]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --check NAME")
+        width = max(map(len, ALIASES))
+        lines = ["Aliases:"]
+        lines += [f"  {name:<{width}}  {source:<28} {ALIAS_NOTES.get(name, '')}".rstrip()
+                  for name, source in ALIASES.items()]
+        lines += [
+            "Other names:",
+            "  timm:NAME / torchvision:NAME   any timm or torchvision classification model (unprefixed NAME: timm",
+            "                                 if timm knows it, else torchvision)",
+            "  path/to/models.py:FACTORY      your own model: FACTORY(**--teacher-kwargs) returns the nn.Module",
+            "  package.module:FACTORY         the same, imported from PYTHONPATH",
+            "Check one without synthesizing:",
+            "  dfgen teachers --check NAME [--teacher-weights FILE] [--teacher-kwargs '{num_classes: 10}'] "
+            "[--num-classes N] [--image-size S] [--mean ...] [--std ...]",
+        ]
+        click.echo("\n".join(lines))
+        return
+    teacher = load_teacher(check, teacher_weights, pretrained=not random_init, kwargs=teacher_kwargs,
+                           use_ema=bool(use_ema), **options)
+    text, ok = describe_teacher(teacher)
+    click.echo(text)
+    if not ok:
+        raise DfgenError(f"teacher {check} does not give {teacher.num_classes} logits for a "
+                         f"{teacher.resolution}x{teacher.resolution} input; see the forward line above")
 
 
 @cli.command("export-digits")

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,48 @@ def parse_schedule(text: str | list) -> list[tuple[int, int]]:
     return [(int(r), int(i)) for r, i in stages]
 
 
+def parse_kwargs(value: str | Mapping[str, Any] | None, what: str = "--teacher-kwargs") -> dict[str, Any]:
+    """A YAML/JSON mapping (`'{num_classes: 10}'`) or a dict -> a dict of plain values."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise DfgenError(f"{what} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
+        if value is None:
+            return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise DfgenError(f"{what} must be a mapping of argument: value, such as '{{num_classes: 10}}', got {value!r}")
+    try:  # it is recorded in config.json and compared on resume: plain JSON values only
+        return json.loads(json.dumps(dict(value)))
+    except (TypeError, ValueError) as exc:
+        raise DfgenError(f"{what} must hold plain values (numbers, strings, lists, mappings): {exc}") from exc
+
+
+def parse_floats(value: str | float | list | tuple | None, what: str) -> list[float] | None:
+    """`0.49,0.48,0.45` (or a list) -> [0.49, 0.48, 0.45]."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+    try:
+        floats = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise DfgenError(f"{what} must be a comma-separated list of numbers such as 0.5,0.5,0.5, got {value!r}") \
+            from None
+    if not floats:
+        raise DfgenError(f"{what} needs at least one number")
+    return floats
+
+
 def format_schedule(stages: list[tuple[int, int]]) -> str:
     return ",".join(f"{r}:{i}" for r, i in stages)
+
+
+# Options for users' own teachers (and class names): in the content only when set, so directories made before
+# they existed keep their fingerprint.
+OPTIONAL_CONTENT_FIELDS = ("teacher_kwargs", "num_classes", "in_chans", "image_size", "mean", "std", "use_ema",
+                           "class_names")
 
 
 @dataclass
@@ -84,6 +125,16 @@ class SynthesisConfig:
 
     teacher: str = "digits"
     teacher_weights: str | None = None
+    # The teacher's spec beyond its name (dfgen.teachers.load_teacher): part of the content, so a resume or
+    # `distill` rebuilds the same teacher and a different spec is a different configuration.
+    teacher_kwargs: dict[str, Any] | None = None
+    num_classes: int | None = None  # None: the model's, or the weights file's classifier
+    in_chans: int | None = None
+    image_size: int | None = None  # None: the model's data config
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    use_ema: bool = False
+    class_names: list[str] | str | None = None  # a file (one name a line, or JSON) or the names themselves
     n: int = 1000
     out: str = "out"
     schedule: list[tuple[int, int]] | None = None  # None: (res/2, 2000), (res, 2000) from the teacher
@@ -115,6 +166,15 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         if isinstance(self.losses, dict):
             self.losses = LossWeights(**self.losses)
+        self.teacher_kwargs = parse_kwargs(self.teacher_kwargs) or None
+        self.mean = parse_floats(self.mean, "--mean")
+        self.std = parse_floats(self.std, "--std")
+        for name in ("num_classes", "in_chans", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DfgenError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        if self.class_names is not None:
+            self.class_names = read_class_names(self.class_names)
         self.n = parse_count(self.n)
         if self.schedule is not None:
             self.schedule = parse_schedule(self.schedule)
@@ -131,6 +191,11 @@ class SynthesisConfig:
         if not 1 <= int(self.quality) <= 100:
             raise DfgenError(f"--quality must be in 1..100, got {self.quality}")
 
+    def teacher_options(self) -> dict[str, Any]:
+        """Keyword arguments of dfgen.teachers.load_teacher beyond name and weights."""
+        return {"kwargs": self.teacher_kwargs, "num_classes": self.num_classes, "in_chans": self.in_chans,
+                "image_size": self.image_size, "mean": self.mean, "std": self.std, "use_ema": self.use_ema}
+
     @property
     def effective_losses(self) -> LossWeights:
         """The weights in force: `no_diversity` is plain DeepInversion (a_ep = a_triplet = 0)."""
@@ -144,11 +209,55 @@ class SynthesisConfig:
             data.pop(name, None)
         data["losses"] = dataclasses.asdict(self.effective_losses)
         data.pop("no_diversity")
+        for name in OPTIONAL_CONTENT_FIELDS:
+            if data.get(name) in (None, False):
+                data.pop(name, None)
         if data["schedule"] is not None:
             data["schedule"] = format_schedule(data["schedule"])
         if self.format == "png":
             data.pop("quality")  # lossless: quality has no effect
         return data
+
+
+def read_class_names(source: str | Path | list | tuple) -> list[str]:
+    """Class names from a file (one a line, or a JSON list, or a JSON {index: name} mapping) or a list."""
+    if isinstance(source, list | tuple):
+        names = [str(v) for v in source]
+        where = "class_names"
+    else:
+        path = Path(source)
+        where = f"--class-names {path}"
+        if not path.is_file():
+            raise DfgenError(f"class names file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        names = _parse_class_names(text, where)
+    if not names or any(not n.strip() for n in names):
+        raise DfgenError(f"{where}: class names must be non-empty")
+    seen: set[str] = set()
+    duplicates = [n for n in names if n in seen or seen.add(n)]
+    if duplicates:  # the report keys per-class figures by name
+        raise DfgenError(f"{where}: class names must be distinct; repeated: {', '.join(duplicates[:5])}")
+    return names
+
+
+def _parse_class_names(text: str, where: str) -> list[str]:
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DfgenError(f"{where} looks like JSON but is not valid: {exc}") from exc
+        if isinstance(data, dict):  # {"0": "airplane", ...}: indices 0..C-1
+            try:
+                indexed = {int(k): str(v) for k, v in data.items()}
+            except ValueError:
+                raise DfgenError(f"{where}: a JSON mapping must map class indices to names") from None
+            if sorted(indexed) != list(range(len(indexed))):
+                raise DfgenError(f"{where}: a JSON mapping must have the indices 0..{len(indexed) - 1}")
+            return [indexed[i] for i in range(len(indexed))]
+        if isinstance(data, list):
+            return [str(v) for v in data]
+        raise DfgenError(f"{where}: JSON class names must be a list or an {{index: name}} mapping")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def config_fingerprint(content: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ from dfgen.report_metrics import (
     sample_pairs,
     to_float,
 )
-from dfgen.teachers import Teacher, load_teacher
+from dfgen.teachers import Teacher, load_recorded_teacher, load_teacher
 
 GRID_IMAGES = 16  # images shown per class on the page
 GRID_CLASSES = 48  # classes shown on the page (evenly spaced when there are more)
@@ -100,6 +100,14 @@ class _TeacherCache:
             self.loaded[key] = load_teacher(source, weights, device=self.device)
         return self.loaded[key]
 
+    def recorded(self, entry: dict[str, Any], weights: str | Path | None) -> Teacher:
+        """The teacher a dataset.json entry describes, rebuilt from its spec (factory, options, weights file)."""
+        key = (json.dumps(entry.get("spec") or entry.get("source"), sort_keys=True),
+               None if weights is None else str(weights))
+        if key not in self.loaded:
+            self.loaded[key] = load_recorded_teacher(entry, weights, device=self.device)
+        return self.loaded[key]
+
 
 def _resolve_teacher(
     info: DatasetInfo,
@@ -115,7 +123,7 @@ def _resolve_teacher(
     elif teacher is not None:
         model = cache.get(teacher, teacher_weights)
     elif recorded and recorded.get("source"):
-        model = cache.get(str(recorded["source"]), teacher_weights)
+        model = cache.recorded(recorded, teacher_weights)
     else:
         return None, {"source": None, "note": "no teacher in dataset.json (real data); pass --teacher NAME"}, []
     if model.num_classes < info.num_classes:

@@ -119,8 +119,11 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None) -> RunPlan:
     rank, world, local = world_from_env(config)
     device = resolve_device(config.device, local)
     if teacher is None:
-        teacher = load_teacher(config.teacher, config.teacher_weights, device="cpu")
+        teacher = load_teacher(config.teacher, config.teacher_weights, device="cpu", **config.teacher_options())
     check_writable_channels(teacher.in_chans, config.format)
+    if config.class_names is not None and len(config.class_names) != teacher.num_classes:
+        raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "
+                         f"{teacher.num_classes} classes")
     resolution = teacher.resolution
     schedule = config.schedule or [(max(1, resolution // 2), 2000), (resolution, 2000)]
     classes_per_batch = config.classes_per_batch or min(teacher.num_classes, 32)
@@ -369,7 +372,7 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
         "version": __version__,
         "teacher": teacher.describe(),
         "num_classes": teacher.num_classes,
-        "classes": [str(i) for i in range(teacher.num_classes)],
+        "classes": list(c.class_names) if c.class_names else [str(i) for i in range(teacher.num_classes)],
         "class_counts": plan.class_counts().tolist(),
         "in_chans": teacher.in_chans,
         "image_size": [teacher.in_chans, resolution, resolution],
@@ -396,7 +399,8 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
     """The `--dry-run` text: shards, images per rank, disk and time estimates (from a short
     calibration on this device). Writes nothing."""
     if teacher is None:  # the cost does not depend on the weights: no download for a plan
-        teacher = load_teacher(config.teacher, config.teacher_weights, pretrained=config.teacher_weights is not None)
+        teacher = load_teacher(config.teacher, config.teacher_weights, pretrained=config.teacher_weights is not None,
+                               **config.teacher_options())
     note = "" if config.teacher_weights else " (timed with random weights: the cost does not depend on them)"
     run = prepare(config, teacher)
     plan = run.plan

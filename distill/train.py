@@ -289,16 +289,20 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
 
 def _load_teacher(cfg: TrainConfig, infos: list[DatasetInfo], model: DearKD, device: torch.device,
                   data_config: dict[str, Any]) -> tuple[TeacherFeatures, list[Pair], str]:
-    from dfgen.teachers import load_teacher
+    from dfgen.teachers import load_recorded_teacher, load_teacher
 
     name = cfg.teacher
+    recorded = [i.teacher for i in infos if i.teacher and i.teacher.get("name")]
     if name is None:
-        named = [i.teacher.get("name") for i in infos if i.teacher and i.teacher.get("name")]
-        if not named:
+        if not recorded:
             raise DistillError("stage 1 needs a teacher: give --teacher NAME (the training data's dataset.json names "
                                "none), or --stage1-epochs 0 to train without one")
-        name = named[0]
-    teacher = load_teacher(name, cfg.teacher_weights, device=device)
+        name = recorded[0]["name"]
+    entry = next((t for t in recorded if t["name"] == name), None)
+    # The teacher that made the data is rebuilt from its recorded spec (own factory, class count, image size,
+    # normalization, weights file); --teacher-weights replaces the recorded file.
+    teacher = load_recorded_teacher(entry, cfg.teacher_weights, device=device) if entry is not None \
+        else load_teacher(name, cfg.teacher_weights, device=device)
     made_by = {i.teacher.get("weights_sha256") for i in infos if i.teacher and i.teacher.get("name") == name} - {None}
     if made_by and teacher.weights_sha256 not in made_by:
         print(f"Warning: teacher {name} has other weights than the one that made the synthetic data "
