@@ -32,10 +32,9 @@ demo: venv
 	$(BIN)/dfgen synthesize --config configs/digits.yaml --out $(DEMO)/synthetic
 	$(BIN)/dfgen export-digits --out $(DEMO)/real
 	$(BIN)/dfgen report $(DEMO)/synthetic --out $(DEMO)/report --lpips-net $(LPIPS_NET)
-	$(BIN)/distill run --config configs/distill_digits.yaml --shards $(DEMO)/synthetic --val $(DEMO)/real/test --out $(DEMO)/run --resume \
-		--epochs 40 --stage1-epochs 33
-	@echo "DearKD student trained on synthetic digits only, on the real held-out digits:"
-	$(BIN)/distill eval --checkpoint $(DEMO)/run/last.pt --data $(DEMO)/real/test
+	$(BIN)/distill run --config configs/distill_digits.yaml --shards $(DEMO)/synthetic --val $(DEMO)/real/test --out $(DEMO)/run --resume
+	@echo "DearKD student (EMA weights) trained on synthetic digits only, on the real held-out digits:"
+	$(BIN)/distill eval --checkpoint $(DEMO)/run/last.pt --data $(DEMO)/real/test --ema
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -79,13 +79,14 @@ class TrainConfig:
     precision: str = "auto"
     workers: int | None = None  # None: 0 on CPU, min(8, cores per rank) on CUDA
     eval_batch_size: int | None = None  # None: the per-rank training batch
+    eval_every: int = 1  # epochs between validations (and attention probes, curve plots); the last one always
     max_bad_shards: int = 3  # corrupt shards skipped with a warning before the run stops
     resume: bool = False
     quiet: bool = False
     stop_after: int | None = None  # leave after this many epochs of this invocation (time-sliced jobs)
 
-    RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "max_bad_shards", "resume", "quiet",
-                  "stop_after")
+    RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "eval_every", "max_bad_shards", "resume",
+                  "quiet", "stop_after")
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, (str, Path)):
@@ -110,6 +111,8 @@ class TrainConfig:
             raise DistillError(f"--device must be one of {', '.join(_DEVICES)}, got {self.device!r}")
         if self.precision not in _PRECISIONS:
             raise DistillError(f"--precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
+        if self.eval_every < 1:
+            raise DistillError(f"--eval-every must be >= 1, got {self.eval_every}")
         if self.max_bad_shards < 0:
             raise DistillError(f"max_bad_shards must be >= 0, got {self.max_bad_shards}")
         if self.align:

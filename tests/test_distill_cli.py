@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 TINY = ["--config", str(ROOT / "configs" / "distill_digits.yaml"), "--epochs", "2", "--stage1-epochs", "1",
-        "--batch-size", "16", "--device", "cpu", "--quiet"]
+        "--batch-size", "16", "--eval-every", "1", "--device", "cpu", "--quiet"]
 
 
 def distill(*args, timeout=300):

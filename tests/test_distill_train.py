@@ -22,7 +22,7 @@ DIGITS_PRESET = ROOT / "configs" / "distill_digits.yaml"
 def tiny_config(digits, out, **overrides):
     settings = dict(shards=[str(digits / "train")], val=str(digits / "test"), out=str(out), epochs=3,
                     stage1_epochs=1, batch_size=16, warmup_epochs=1, device="cpu", workers=0, quiet=True,
-                    attn_images=8, shuffle_buffer=32)
+                    attn_images=8, shuffle_buffer=32, eval_every=1)
     settings.update(overrides)
     return build_config(DIGITS_PRESET, **settings)
 
@@ -93,6 +93,18 @@ def test_resume_equals_uninterrupted(straight_run, digits, tmp_path):
     final_b = torch.load(out / "last.pt", weights_only=True)["model"]
     for key, value in final_a.items():
         torch.testing.assert_close(value, final_b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_every_measures_only_every_nth_and_the_last_epoch(digits, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(digits, out, eval_every=2, ema=True))
+    records = read_metrics(out)
+    measured = [r["epoch"] for r in records if "val_top1" in r]
+    assert measured == [2, 3]
+    assert [r["epoch"] for r in records if "ema_val_top1" in r] == [2, 3]
+    assert [r["epoch"] for r in records if "attn_distance" in r] == [2, 3]
+    with pytest.raises(DistillError, match="--eval-every must be >= 1"):
+        tiny_config(digits, out, eval_every=0)
 
 
 def test_resume_refuses_other_settings_and_existing_run_needs_resume(straight_run, digits):
