@@ -29,3 +29,20 @@ def digits(tmp_path_factory):
     write_image_dataset(root / "test", to_uint8(split.test_images[:32]), split.test_labels[:32],
                         {"num_classes": 10}, shard_size=32)
     return root
+
+
+@pytest.fixture
+def dfgen_cli(capsys):
+    """Runs `dfgen ARGS` in-process (main() is what the console script runs): (exit code, stdout, stderr)."""
+    from dfgen.cli import main
+
+    def run(args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

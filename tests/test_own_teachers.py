@@ -17,7 +17,6 @@ import webdataset as wds
 from PIL import Image
 
 import dfgen
-from dfgen.cli import main
 from dfgen.errors import DfgenError
 from dfgen.teachers import load_recorded_teacher, state_dict_sha256
 
@@ -63,17 +62,6 @@ NOT_CALLABLE = 3
 '''
 
 
-def run_cli(args, capsys):
-    """`dfgen ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def read_samples(out: Path) -> list[dict]:
     index = json.loads((out / "index.json").read_text())
     return list(wds.WebDataset([str(out / s["url"]) for s in index["shardlist"]], shardshuffle=False))
@@ -113,11 +101,11 @@ def own_weights(path: Path, **kwargs) -> Path:
 
 
 @pytest.mark.parametrize("name", ["resnet18", "torchvision:resnet18"])
-def test_resnet18_ten_classes_at_32_through_the_cli(tmp_path, capsys, resnet18_file, name):
+def test_resnet18_ten_classes_at_32_through_the_cli(dfgen_cli, tmp_path, resnet18_file, name):
     out = tmp_path / "out"
     args = ["synthesize", "--teacher", name, "--teacher-weights", resnet18_file, "--num-classes", "10",
             "--image-size", "32", "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "-n", "4", "--out", out, *TINY]
-    code, _, err = run_cli(args, capsys)
+    code, _, err = dfgen_cli(args)
     assert code == 0, err
     dataset = json.loads((out / "dataset.json").read_text())
     teacher = dataset["teacher"]
@@ -129,11 +117,11 @@ def test_resnet18_ten_classes_at_32_through_the_cli(tmp_path, capsys, resnet18_f
     images = [Image.open(io.BytesIO(s["png"])) for s in read_samples(out)]
     assert len(images) == 4 and all(img.mode == "RGB" and img.size == (32, 32) for img in images)
     # the spec is part of the configuration: the same command resumes, another normalization is refused
-    code, _, err = run_cli(args, capsys)
+    code, _, err = dfgen_cli(args)
     assert code == 0 and "nothing to do" in err
     changed = [*args[:-len(TINY)], *TINY]
     changed[changed.index("--mean") + 1] = "0.5,0.5,0.5"
-    code, _, err = run_cli(changed, capsys)
+    code, _, err = dfgen_cli(changed)
     assert code == 1 and "different configuration (differs in: mean)" in err
     # the recorded spec rebuilds the same teacher (what distill and the report do)
     rebuilt = load_recorded_teacher(teacher)
@@ -145,14 +133,14 @@ def test_resnet18_ten_classes_at_32_through_the_cli(tmp_path, capsys, resnet18_f
 
 
 @pytest.mark.parametrize(("channels", "mode"), [(1, "L"), (3, "RGB")])
-def test_factory_file_one_and_three_channels(tmp_path, capsys, models_py, channels, mode):
+def test_factory_file_one_and_three_channels(dfgen_cli, tmp_path, models_py, channels, mode):
     weights = own_weights(tmp_path / "own.ckpt", num_classes=4, in_chans=channels)
     names = tmp_path / "classes.txt"
     names.write_text("cat\ndog\nbird\nfish\n")
     out = tmp_path / "out"
-    code, _, err = run_cli(["synthesize", "--teacher", f"{models_py}:make", "--teacher-weights", weights,
-                            "--teacher-kwargs", f"{{num_classes: 4, in_chans: {channels}}}", "--image-size", "32",
-                            "--class-names", names, "-n", "6", "--out", out, *TINY], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--teacher", f"{models_py}:make", "--teacher-weights", weights,
+                              "--teacher-kwargs", f"{{num_classes: 4, in_chans: {channels}}}", "--image-size", "32",
+                              "--class-names", names, "-n", "6", "--out", out, *TINY])
     assert code == 0, err
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["in_chans"] == channels and dataset["image_size"] == [channels, 32, 32]
@@ -166,7 +154,7 @@ def test_factory_file_one_and_three_channels(tmp_path, capsys, models_py, channe
     assert sorted({s["cls"].decode() for s in samples}) == ["0", "1", "2", "3"]
 
 
-def test_factory_module_on_pythonpath_python_api_and_report(tmp_path, capsys, models_py, monkeypatch):
+def test_factory_module_on_pythonpath_python_api_and_report(dfgen_cli, tmp_path, models_py, monkeypatch):
     """`package.module:factory` form via the Python API; the report rebuilds the teacher from dataset.json (from
     another directory) and shows the class names."""
     monkeypatch.syspath_prepend(str(models_py.parent))
@@ -178,8 +166,8 @@ def test_factory_module_on_pythonpath_python_api_and_report(tmp_path, capsys, mo
                               classes_per_batch=3, images_per_class=2, warmup=1, quiet=True)
     assert result.complete
     monkeypatch.chdir(tmp_path / "code")
-    code, _, err = run_cli(["report", out, "--out", tmp_path / "report", "--lpips-net", "none",
-                            "--images-per-class", "2"], capsys)
+    code, _, err = dfgen_cli(["report", out, "--out", tmp_path / "report", "--lpips-net", "none",
+                              "--images-per-class", "2"])
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "report.json").read_text())["datasets"][0]
     assert report["classes"] == ["zero", "one", "two"] and set(report["class_counts"]) == {"zero", "one", "two"}
@@ -187,8 +175,8 @@ def test_factory_module_on_pythonpath_python_api_and_report(tmp_path, capsys, mo
     assert "zero" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_factory_without_data_config_needs_image_size(tmp_path, capsys, models_py):
-    code, _, err = run_cli(["teachers", "--check", f"{models_py}:make"], capsys)
+def test_factory_without_data_config_needs_image_size(dfgen_cli, tmp_path, models_py):
+    code, _, err = dfgen_cli(["teachers", "--check", f"{models_py}:make"])
     assert code == 1 and "has no data config: pass --image-size" in err
 
 
@@ -218,7 +206,7 @@ def test_factory_without_data_config_needs_image_size(tmp_path, capsys, models_p
         ("{models}", [], 1, r"Error: --teacher .*models.py names a file: add the function or class"),
     ],
 )
-def test_bad_teachers_get_one_line(tmp_path, capsys, models_py, resnet18_file, teacher, extra, code, message):
+def test_bad_teachers_get_one_line(dfgen_cli, tmp_path, models_py, resnet18_file, teacher, extra, code, message):
     import re
 
     weights = own_weights(tmp_path / "own.pt")
@@ -232,7 +220,7 @@ def test_bad_teachers_get_one_line(tmp_path, capsys, models_py, resnet18_file, t
 
     for command in (["teachers", "--check", filled(teacher)],
                     ["synthesize", "--teacher", filled(teacher), "-n", "4", "--out", tmp_path / "out"]):
-        got, _, err = run_cli([*command, "--image-size", "32", *map(filled, extra)], capsys)
+        got, _, err = dfgen_cli([*command, "--image-size", "32", *map(filled, extra)])
         assert got == code, err
         assert re.search(message, err), err
         lines = err.strip().splitlines()  # a usage error (exit 2) comes after click's usage lines
@@ -251,15 +239,15 @@ def test_factory_error_in_a_subprocess_has_no_traceback(tmp_path, models_py):
 # --------------------------------------------------------------------------- 4. dfgen teachers
 
 
-def test_teachers_lists_aliases(capsys):
-    code, out, _ = run_cli(["teachers"], capsys)
+def test_teachers_lists_aliases(dfgen_cli):
+    code, out, _ = dfgen_cli(["teachers"])
     assert code == 0
     assert "regnety_16gf" in out and "timm:regnety_160.deit_in1k" in out and "digits" in out
     assert "path/to/models.py:FACTORY" in out and "unprefixed NAME: timm" in out
 
 
-def test_teachers_check_digits(capsys):
-    code, out, _ = run_cli(["teachers", "--check", "digits"], capsys)
+def test_teachers_check_digits(dfgen_cli):
+    code, out, _ = dfgen_cli(["teachers", "--check", "digits"])
     assert code == 0
     lines = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert lines["teacher"] == "digits (dfgen:digits)"
@@ -269,10 +257,9 @@ def test_teachers_check_digits(capsys):
     assert lines["forward"].startswith("ok: logits [1, 10]")
 
 
-def test_teachers_check_resnet18(capsys, resnet18_file):
-    code, out, _ = run_cli(["teachers", "--check", "torchvision:resnet18", "--teacher-weights", resnet18_file,
-                            "--num-classes", "10", "--image-size", "32", "--mean", CIFAR_MEAN, "--std", CIFAR_STD],
-                           capsys)
+def test_teachers_check_resnet18(dfgen_cli, resnet18_file):
+    code, out, _ = dfgen_cli(["teachers", "--check", "torchvision:resnet18", "--teacher-weights", resnet18_file,
+                              "--num-classes", "10", "--image-size", "32", "--mean", CIFAR_MEAN, "--std", CIFAR_STD])
     assert code == 0
     assert "teacher       torchvision:resnet18 (torchvision:resnet18)" in out
     assert f"weights       {resnet18_file.resolve()} (sha256 " in out
@@ -282,26 +269,26 @@ def test_teachers_check_resnet18(capsys, resnet18_file):
     assert "classifier    fc: 512 -> 10" in out and "forward       ok: logits [1, 10] for a 32x32 input" in out
 
 
-def test_teachers_options_need_check(capsys):
-    code, _, err = run_cli(["teachers", "--num-classes", "10"], capsys)
+def test_teachers_options_need_check(dfgen_cli):
+    code, _, err = dfgen_cli(["teachers", "--num-classes", "10"])
     assert code == 2 and "--num-classes needs --check NAME" in err
 
 
 # --------------------------------------------------------------------------- presets, fingerprint, distill
 
 
-def test_cifar10_preset_with_an_own_resnet(tmp_path, capsys, models_py):
+def test_cifar10_preset_with_an_own_resnet(dfgen_cli, tmp_path, models_py):
     preset = ROOT / "configs" / "cifar10_resnet34.yaml"
     config = dfgen.build_config(preset, teacher=f"{models_py}:make")
     assert (config.image_size, config.num_classes, config.schedule) == (32, 10, [(32, 2000)])
     assert config.classes_per_batch * config.images_per_class == 256 and config.lr == 0.05
     assert config.losses.bn == 10 and config.mean == [0.4914, 0.4822, 0.4465]
-    code, _, err = run_cli(["synthesize", "--config", preset, "--out", tmp_path / "o"], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--config", preset, "--out", tmp_path / "o"])
     assert code == 2 and "Missing option '--teacher'" in err  # the preset names no teacher: never digits
     out = tmp_path / "cifar"
-    code, _, err = run_cli(["synthesize", "--config", preset, "--teacher", f"{models_py}:make", "-n", "4",
-                            "--schedule", "32:2", "--batch-size", "4", "--images-per-class", "2", "--out", out,
-                            "--quiet"], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--config", preset, "--teacher", f"{models_py}:make", "-n", "4",
+                              "--schedule", "32:2", "--batch-size", "4", "--images-per-class", "2", "--out", out,
+                              "--quiet"])
     assert code == 0, err
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["image_size"] == [3, 32, 32] and dataset["losses"]["bn"] == 10
@@ -334,11 +321,11 @@ def test_class_names_files(tmp_path):
         read_class_names(repeated)
 
 
-def test_wrong_number_of_class_names(tmp_path, capsys, resnet18_file):
+def test_wrong_number_of_class_names(dfgen_cli, tmp_path, resnet18_file):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    code, _, err = run_cli(["synthesize", "--teacher", "resnet18", "--teacher-weights", resnet18_file, "--class-names",
-                            names, "-n", "4", "--out", tmp_path / "out", *TINY], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--teacher", "resnet18", "--teacher-weights", resnet18_file,
+                              "--class-names", names, "-n", "4", "--out", tmp_path / "out", *TINY])
     assert code == 1 and "--class-names has 2 names but teacher resnet18 has 10 classes" in err
 
 
@@ -368,16 +355,16 @@ def test_distill_rebuilds_the_own_teacher_from_dataset_json(tmp_path, models_py,
     assert logits.shape == (2, 4) and maps
 
 
-def test_teacher_options_from_a_yaml_preset(tmp_path, capsys, models_py):
+def test_teacher_options_from_a_yaml_preset(dfgen_cli, tmp_path, models_py):
     preset = tmp_path / "mine.yaml"
     preset.write_text(f"teacher: {models_py}:make\nteacher_kwargs: {{num_classes: 3, in_chans: 1}}\nimage_size: 16\n"
                       "mean: [0.5]\nstd: 0.25\nn: 4\nschedule: '16:2'\nclasses_per_batch: 2\nimages_per_class: 2\n")
     config = dfgen.build_config(preset)
     assert config.teacher_kwargs == {"num_classes": 3, "in_chans": 1} and config.std == [0.25]
-    code, _, err = run_cli(["synthesize", "--config", preset, "--out", tmp_path / "out", "--quiet"], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--config", preset, "--out", tmp_path / "out", "--quiet"])
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["image_size"] == [1, 16, 16]
     preset.write_text(preset.read_text().replace("teacher_kwargs: {num_classes: 3, in_chans: 1}",
                                                  "teacher_kwargs: [3, 1]"))
-    code, _, err = run_cli(["synthesize", "--config", preset, "--out", tmp_path / "bad"], capsys)
+    code, _, err = dfgen_cli(["synthesize", "--config", preset, "--out", tmp_path / "bad"])
     assert code == 1 and err.startswith("Error: --teacher-kwargs must be a mapping") and len(err.splitlines()) == 1

@@ -20,7 +20,7 @@ import torchvision
 from PIL import Image
 
 import dfgen
-from dfgen.cli import cli, main
+from dfgen.cli import cli
 from dfgen.errors import DfgenError
 from dfgen.report import make_report
 from dfgen.report_cli import report as report_command
@@ -71,16 +71,6 @@ def two_report(pair, torch_home, tmp_path_factory):
         result = make_report(list(pair), out, pairs_per_class=3, images_per_class=3, lpips_net="squeeze",
                              device="cpu", seed=0, quiet=True)
     return out, result
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -224,7 +214,7 @@ def test_other_teacher_weights_are_flagged(pair, tmp_path):
     assert "not those the dataset was made with" in (tmp_path / "r" / "report.html").read_text()
 
 
-def test_missing_lpips_backbone_names_the_file(pair, tmp_path, monkeypatch, capsys):
+def test_missing_lpips_backbone_names_the_file(dfgen_cli, pair, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
 
     def no_network(url, dst, *args, **kwargs):  # stay hermetic even on a connected machine
@@ -237,7 +227,7 @@ def test_missing_lpips_backbone_names_the_file(pair, tmp_path, monkeypatch, caps
     message = str(info.value)
     assert str(expected) in message and "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message
     assert "\n" not in message
-    code, _, err = run_cli(["report", pair[0], "--out", tmp_path / "r2", "--device", "cpu"], capsys)
+    code, _, err = dfgen_cli(["report", pair[0], "--out", tmp_path / "r2", "--device", "cpu"])
     assert code == 1 and "alexnet-owt-7be5be79.pth" in err and "Traceback" not in err
 
 
@@ -292,11 +282,11 @@ def _damage_sidecar(dataset: Path) -> str:
         (_damage_sidecar, "sidecar"),
     ],
 )
-def test_bad_input_gives_one_line_error_naming_the_file(pair, tmp_path, capsys, damage, words):
+def test_bad_input_gives_one_line_error_naming_the_file(dfgen_cli, pair, tmp_path, damage, words):
     dataset = copy_dataset(pair[0], tmp_path / "data")
     filename = damage(dataset)
-    code, _, err = run_cli(["report", dataset, "--out", tmp_path / "r", "--lpips-net", "none", "--device", "cpu",
-                            "--quiet"], capsys)
+    code, _, err = dfgen_cli(["report", dataset, "--out", tmp_path / "r", "--lpips-net", "none", "--device", "cpu",
+                              "--quiet"])
     assert code == 1, err
     assert err.startswith("Error: ") and filename in err and words in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
