@@ -27,7 +27,7 @@ test: venv lint
 LPIPS_NET ?= $(shell test -f $${TORCH_HOME:-$$HOME/.cache/torch}/hub/checkpoints/alexnet-owt-7be5be79.pth && echo alex || echo none)
 
 # Synthesize from the bundled digits teacher, report on it, distill a ViT student, and print its
-# accuracy on the real held-out digits. Under 10 minutes on 2 CPU cores; rerunning resumes.
+# accuracy on the real held-out digits. About 12 minutes on 2 CPU cores from a fresh clone; rerunning resumes.
 demo: venv
 	$(BIN)/dfgen synthesize --config configs/digits.yaml --out $(DEMO)/synthetic
 	$(BIN)/dfgen export-digits --out $(DEMO)/real
