@@ -10,40 +10,25 @@ from dfgen.config import build_config, load_yaml_config, parse_count, parse_floa
 from dfgen.errors import DfgenError, run_cli
 
 
-def _count(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_count(value)
-    except DfgenError as exc:
-        raise click.BadParameter(str(exc).replace("--n must be", "must be")) from None
+def _parsed_by(parse, drop: str = ""):
+    """A click callback: `parse(value, option)` with its DfgenError as click's usage error (exit 2), less the
+    option name `drop` that click's message already carries."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value, param.opts[0])
+        except DfgenError as exc:
+            raise click.BadParameter(str(exc).replace(drop, "")) from None
+
+    return callback
 
 
-def _schedule(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_schedule(value)
-    except DfgenError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _mapping(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_kwargs(value)
-    except DfgenError as exc:
-        raise click.BadParameter(str(exc).replace("--teacher-kwargs ", "")) from None
-
-
-def _floats(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_floats(value, param.opts[0])
-    except DfgenError as exc:
-        raise click.BadParameter(str(exc)) from None
+_count = _parsed_by(lambda value, _: parse_count(value), drop="--n ")
+_schedule = _parsed_by(lambda value, _: parse_schedule(value))
+_mapping = _parsed_by(lambda value, _: parse_kwargs(value), drop="--teacher-kwargs ")
+_floats = _parsed_by(parse_floats)
 
 
 # The options that say which teacher to build (besides its name), shared by `synthesize` and `teachers --check`.
