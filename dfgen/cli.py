@@ -10,9 +10,9 @@ from dfgen.config import build_config, load_yaml_config, parse_count, parse_floa
 from dfgen.errors import DfgenError, run_cli
 
 
-def _parsed_by(parse, drop: str = ""):
-    """A click callback: `parse(value, option)` with its DfgenError as click's usage error (exit 2), less the
-    option name `drop` that click's message already carries."""
+def _parsed_by(parse):
+    """A click callback: `parse(value, option)`, its DfgenError turned into click's usage error (exit 2)
+    without the option name that click's message already starts with."""
 
     def callback(ctx, param, value):
         if value is None:
@@ -20,14 +20,14 @@ def _parsed_by(parse, drop: str = ""):
         try:
             return parse(value, param.opts[0])
         except DfgenError as exc:
-            raise click.BadParameter(str(exc).replace(drop, "")) from None
+            raise click.BadParameter(str(exc).removeprefix(f"{param.opts[0]} ")) from None
 
     return callback
 
 
-_count = _parsed_by(lambda value, _: parse_count(value), drop="--n ")
+_count = _parsed_by(lambda value, _: parse_count(value))
 _schedule = _parsed_by(lambda value, _: parse_schedule(value))
-_mapping = _parsed_by(lambda value, _: parse_kwargs(value), drop="--teacher-kwargs ")
+_mapping = _parsed_by(lambda value, _: parse_kwargs(value))
 _floats = _parsed_by(parse_floats)
 
 
