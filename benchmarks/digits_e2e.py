@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SYNTHESIS_PRESET = ROOT / "configs" / "digits.yaml"
 DISTILL_PRESET = ROOT / "configs" / "distill_digits.yaml"
 
-# name -> (student model, training data, overrides of the distill preset)
+# name -> (student model, training data: a key of `data` in run(), overrides of the distill preset)
 STUDENTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dearkd_boundary": ("dearkd_micro_patch4_32", "boundary", {}),
     "dearkd_plain": ("dearkd_micro_patch4_32", "plain", {}),
@@ -144,21 +144,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paper_n = max(40, args.n // 5)  # agreement and diversity only: a fifth of the images is enough
 
     jobs = Jobs(args.jobs, args.threads)
+
+    def submit_students(trained_on: str) -> None:
+        for name, (model, data_name, overrides) in STUDENTS.items():
+            if data_name == trained_on:
+                jobs.submit(name, student_job, out / f"run_{name}", data[data_name], test, model, args.epochs,
+                            overrides)
+
     try:
         # Longest first: the two syntheses the students wait for, the real-data student that waits for nothing.
         jobs.submit("synthesize_boundary", synthesize_job, data["boundary"], args.n, args.seed, args.schedule,
                     args.compile)
         jobs.submit("synthesize_plain", synthesize_job, data["plain"], args.n, args.seed, args.schedule,
                     args.compile, no_diversity=True)
-        jobs.submit("dearkd_real_train", student_job, out / "run_dearkd_real_train", data["real"], test,
-                    *_student_args("dearkd_real_train", args.epochs))
+        submit_students("real")
         jobs.result("synthesize_boundary")
-        for name in ("dearkd_boundary", "deit_boundary", "dearkd_boundary_no_hidden"):
-            jobs.submit(name, student_job, out / f"run_{name}", data["boundary"], test,
-                        *_student_args(name, args.epochs))
+        submit_students("boundary")
         jobs.result("synthesize_plain")
-        jobs.submit("dearkd_plain", student_job, out / "run_dearkd_plain", data["plain"], test,
-                    *_student_args("dearkd_plain", args.epochs))
+        submit_students("plain")
         jobs.submit("synthesize_paper_ep_form", synthesize_job, data["paper_ep_form"], paper_n, args.seed,
                     args.schedule, args.compile, unbounded_ep=True)
         students = {name: jobs.result(name) for name in STUDENTS}
@@ -202,11 +205,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "real_train_images": students["dearkd_real_train"]["train_images"],
         "seconds": seconds,
     }
-
-
-def _student_args(name: str, epochs: int | None) -> tuple[str, int | None, dict[str, Any]]:
-    model, _, overrides = STUDENTS[name]
-    return model, epochs, overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
