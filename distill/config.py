@@ -17,6 +17,8 @@ import yaml
 from distill.errors import DistillError
 
 _DEVICES = ("auto", "cpu", "cuda")
+_DISTILLATIONS = ("hard", "soft")
+_SOFT_LABELS = ("online", "stored")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -25,15 +27,21 @@ class TrainConfig:
     """Everything `distill.train` needs. `content()` is the part that decides the result: `--resume` refuses a
     checkpoint made with a different one (the run fields may change between invocations)."""
 
-    # data
-    shards: list[str] = field(default_factory=list)  # one or more datasets (SPEC section 3 format)
-    val: str | None = None  # dataset or ImageFolder evaluated after every epoch
+    # data (sources: distill.sources)
+    shards: list[str] = field(default_factory=list)  # one or more sources: dfgen dataset, ImageFolder, .tar shards
+    mix: list[float] | None = None  # share of each --shards source in the stream; None: by size
+    fraction: list[float] | None = None  # share of each source's images used (the data-efficient setting)
+    val: str | None = None  # a source, or a flat image directory with val_labels, evaluated every eval_every epochs
+    val_labels: str | None = None  # "FILE LABEL" lines (or Kaggle's LOC_val_solution.csv) for a flat --val
+    image_key: str | None = None  # plain WebDataset shards: the image's extension; None: png/jpg/jpeg/webp
+    label_key: str = "cls"  # plain WebDataset shards: the label's extension (an integer from 0)
     # student
     model: str = "dearkd_tiny_patch16_224"
     num_classes: int | None = None  # None: from the training data's dataset.json
     in_chans: int | None = None
     img_size: int | None = None
     drop_path: float = 0.1
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # more student arguments (prefix_logit, ...)
     # teacher and stage 1
     teacher: str | None = None  # None: the teacher named in a synthetic dataset.json
     teacher_weights: str | None = None
@@ -41,6 +49,9 @@ class TrainConfig:
     stage1_epochs: int = 250  # epochs with the teacher (DeiT hard distillation + hidden loss)
     hidden_weight: float = 1.0  # beta of the hidden (aligner MSE) loss
     align: str | None = None  # "block:stage,..."; None: a middle MHCA block with the equal-size teacher stage
+    distillation: str = "hard"  # "hard": CE on the teacher's argmax (DeiT); "soft": KL at distill_tau
+    distill_tau: float = 1.0  # temperature of soft distillation (DeiT's code: 1; its paper's soft runs: 3)
+    soft_labels: str = "online"  # "online": the teacher labels each batch; "stored": dfgen's stored top-k logits
     # optimization (DeiT)
     batch_size: int = 256  # global: split over the DDP ranks
     lr: float = 5e-4  # at a batch of lr_base_size; None there: used as is
@@ -70,8 +81,10 @@ class TrainConfig:
     hflip: float = 0.5
     color_jitter: float = 0.3
     train_interpolation: str = "bicubic"
+    repeats: int = 1  # repeated augmentation: each drawn image used this many times, steps unchanged (DeiT: 3)
     seed: int = 0
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 8192  # samples per loader worker (timm's WebDataset reader: 8192); holds encoded bytes
+    shard_interleave: int = 4  # shards read at once per loader worker (one dfgen shard holds few batches' classes)
     attn_images: int = 64  # images of the fixed probe batch for the attention distance (0: not logged)
     # how it runs (not content)
     out: str = "runs/distill"
@@ -92,6 +105,26 @@ class TrainConfig:
         if isinstance(self.shards, (str, Path)):
             self.shards = [str(self.shards)]
         self.shards = [str(s) for s in self.shards]
+        self.mix = _floats(self.mix, "--mix")
+        self.fraction = _floats(self.fraction, "--fraction")
+        for name, values in (("--mix", self.mix), ("--fraction", self.fraction)):
+            if values is not None and len(values) != len(self.shards) and self.shards:
+                raise DistillError(f"{name} gives {len(values)} value(s) for {len(self.shards)} --shards source(s)")
+        if self.mix is not None and (min(self.mix) < 0 or sum(self.mix) <= 0):
+            raise DistillError(f"--mix weights must be >= 0 and not all 0, got {self.mix}")
+        if self.fraction is not None and not all(0 < f <= 1 for f in self.fraction):
+            raise DistillError(f"--fraction values must be in (0, 1], got {self.fraction}")
+        if not isinstance(self.model_kwargs, dict):
+            raise DistillError(f"model_kwargs must be a mapping of argument: value, got {self.model_kwargs!r}")
+        if self.distillation not in _DISTILLATIONS:
+            raise DistillError(f"--distillation must be one of {', '.join(_DISTILLATIONS)}, got {self.distillation!r}")
+        if not self.distill_tau > 0:
+            raise DistillError(f"--distill-tau must be positive, got {self.distill_tau}")
+        if self.soft_labels not in _SOFT_LABELS:
+            raise DistillError(f"--soft-labels must be one of {', '.join(_SOFT_LABELS)}, got {self.soft_labels!r}")
+        for name in ("repeats", "shuffle_buffer", "shard_interleave"):
+            if getattr(self, name) < 1:
+                raise DistillError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.scale = _pair(self.scale, "scale")
         self.ratio = _pair(self.ratio, "ratio")
         if self.epochs < 1:
@@ -140,6 +173,17 @@ class TrainConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _floats(value: Any, name: str) -> list[float] | None:
+    """A list of numbers from a list or a comma-separated string ("0.5,0.5"); None stays None."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        return [float(v) for v in parts]
+    except (TypeError, ValueError):
+        raise DistillError(f"{name} must be numbers separated by commas, got {value!r}") from None
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:

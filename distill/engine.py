@@ -16,12 +16,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.errors import DistillError
-from distill.losses import dearkd_loss
+from distill.losses import dearkd_loss, distillation_target, mix_targets
+from distill.pipeline import ShardHealth
 from distill.teacher_features import Pair, TeacherFeatures, match_size
 
 
 class StudentForward(nn.Module):
-    """Makes `DearKD.forward_intermediates` the module's forward, so DDP sees exactly one call per step (and syncs
+    """Makes `DearKD.forward_with_tokens` the module's forward, so DDP sees exactly one call per step (and syncs
     gradients) whether or not block tokens are wanted."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -30,7 +31,7 @@ class StudentForward(nn.Module):
 
     def forward(self, x: torch.Tensor, blocks: tuple[int, ...] = ()) -> tuple[Any, dict[int, torch.Tensor]]:
         if blocks:
-            return self.model.forward_intermediates(x, blocks)
+            return self.model.forward_with_tokens(x, blocks)
         return self.model(x), {}
 
 
@@ -46,11 +47,16 @@ class EpochContext:
     device: torch.device
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
     scaler: torch.amp.GradScaler | None = None
-    mixup: Any = None  # timm Mixup or None
-    teacher: TeacherFeatures | None = None  # None: stage 2
+    mixup: Any = None  # distill.losses.PairedMixup or None
+    stage: int = 1
+    teacher: TeacherFeatures | None = None  # stage 1 online; None in stage 2 and with stored soft labels
+    distillation: str = "hard"  # "hard" or "soft" (at tau)
+    tau: float = 1.0
     aligners: nn.ModuleDict | None = None
     pairs: tuple[Pair, ...] = ()
     hidden_weight: float = 1.0
+    health: ShardHealth | None = None  # counts the corrupt shards the loader workers report
+    num_sources: int = 1
     clip_grad: float | None = None
     ema: Any = None  # timm ModelEmaV3 or None
     world_size: int = 1
@@ -81,35 +87,47 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
                     progress: bool = True) -> tuple[dict[str, Any], int]:
     """Train for one epoch of `steps` batches. Returns (mean loss terms over all ranks, lr, throughput, steps) and
     the updated number of optimizer updates."""
-    stage1 = ctx.teacher is not None
-    blocks = tuple(sorted({p.block for p in ctx.pairs})) if stage1 and ctx.aligners is not None else ()
+    stage1 = ctx.stage == 1
+    hidden = stage1 and ctx.teacher is not None and ctx.aligners is not None  # the aligners need teacher maps
+    blocks = tuple(sorted({p.block for p in ctx.pairs})) if hidden else ()
     ctx.student.train()
     if ctx.aligners is not None:
-        ctx.aligners.train(stage1)
+        ctx.aligners.train(bool(blocks))
     params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
     sums: dict[str, torch.Tensor] = {}
+    per_source = torch.zeros(ctx.num_sources, dtype=torch.float64)
     seen = done = 0
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True, dynamic_ncols=True)
     start = time.perf_counter()
-    for images, labels in loader:
-        images = images.to(ctx.device, non_blocking=True)
-        labels = labels.to(ctx.device, non_blocking=True)
-        target = labels
+    for batch in loader:
+        if ctx.health is not None:
+            ctx.health.absorb(batch["bad"])
+        per_source += torch.bincount(batch["source"], minlength=ctx.num_sources).double()
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        labels = batch["label"].to(ctx.device, non_blocking=True)
+        target, lam = labels, None
         if ctx.mixup is not None:
-            images, target = ctx.mixup(images, labels)
-        teacher_logits = None
-        teacher_maps: list[torch.Tensor] = []
-        if stage1:
-            # the teacher labels the same (augmented, mixed) batch the student sees: DeiT hard distillation
+            images, target, lam = ctx.mixup.mix(images, labels)
+        teacher_target = None
+        if stage1 and ctx.teacher is not None:
+            # the teacher labels the same (augmented, mixed) batch the student sees: DeiT distillation
             teacher_logits, maps = ctx.teacher(images)
+            teacher_target = distillation_target(teacher_logits, ctx.distillation, ctx.tau)
+        elif stage1:
+            # stored soft labels: the teacher's logits on the unaugmented image, mixed as the images are
+            stored = batch["soft"].to(ctx.device, non_blocking=True)
+            teacher_target = distillation_target(stored, ctx.distillation, ctx.tau)
+            if lam is not None:
+                teacher_target = mix_targets(teacher_target, lam)
         with autocast(ctx.device, ctx.amp_dtype):
             outputs, tokens = ctx.student(images, blocks)
             student_maps = [ctx.aligners[p.key](tokens[p.block]) for p in ctx.pairs] if blocks else []
+        teacher_maps: list[torch.Tensor] = []
         if blocks:
             teacher_maps = [match_size(maps[p.stage.name], tuple(m.shape[-2:]))
                             for p, m in zip(ctx.pairs, student_maps, strict=True)]
-        terms = dearkd_loss(outputs, target, ctx.criterion, teacher_logits, student_maps, teacher_maps,
-                            ctx.hidden_weight)
+        terms = dearkd_loss(outputs, target, ctx.criterion, teacher_target, student_maps, teacher_maps,
+                            ctx.hidden_weight, ctx.distillation, ctx.tau)
         loss = terms["loss"]
 
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -134,10 +152,10 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
         if ctx.ema is not None:
             ctx.ema.update(ctx.model, step=num_updates)
 
-        batch = images.shape[0]
+        size = images.shape[0]
         for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float() * batch
-        seen += batch
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * size
+        seen += size
         done += 1
         bar.update(1)
         if ctx.device.type == "cpu" or done % 20 == 0:  # a host sync per step costs little on CPU only
@@ -150,7 +168,8 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
     elapsed = time.perf_counter() - start
 
     names = sorted(sums)
-    totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(seen), device=ctx.device)])
+    totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(seen), device=ctx.device)]
+                         + [c.to(ctx.device, torch.float32) for c in per_source])
     steps_done = torch.tensor([done], device=ctx.device)
     rank_steps = [done]
     if ctx.world_size > 1:
@@ -158,6 +177,7 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
         gathered = [torch.zeros_like(steps_done) for _ in range(ctx.world_size)]
         dist.all_gather(gathered, steps_done)
         rank_steps = [int(s) for s in gathered]
+    totals, per_source = totals[:len(names) + 1].cpu(), totals[len(names) + 1:].cpu()
     count = float(totals[-1])
     stats: dict[str, Any] = {f"loss_{n}" if n != "loss" else "loss": float(totals[i]) / max(count, 1.0)
                              for i, n in enumerate(names)}
@@ -166,29 +186,38 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
             raise DistillError(f"the training loss ({name}) became {value}; lower --lr or set clip_grad in the config")
     stats.update(lr=ctx.optimizer.param_groups[0]["lr"], images_per_s=count / max(elapsed, 1e-9),
                  epoch_seconds=elapsed, rank_steps=rank_steps)
+    if ctx.num_sources > 1:  # the share of each --shards source in this epoch's images, as drawn
+        stats["mix"] = [round(float(c) / max(float(per_source.sum()), 1.0), 4) for c in per_source]
     return stats, num_updates
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
-             world_size: int = 1) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) of the averaged heads, summed over ranks; `n` images in all."""
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
+def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.device,
+             amp_dtype: torch.dtype | None = None, world_size: int = 1) -> dict[str, dict[str, float]]:
+    """Top-1 / top-5 accuracy (percent) of the averaged heads of every model (e.g. the student and its EMA) in one
+    pass over the data, summed over ranks: {name: {"top1", "top5", "n"}}."""
+    modes = {name: model.training for name, model in models.items()}
+    counts = {name: torch.zeros(3, dtype=torch.float64, device=device) for name in models}
     try:
+        for model in models.values():
+            model.eval()
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                logits = model(images)
-            k = min(5, logits.shape[-1])
-            top = logits.float().topk(k, dim=-1).indices
-            hits = top.eq(labels[:, None])
-            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum(),
-                                   torch.tensor(labels.numel(), device=device)]).double()
+            for name, model in models.items():
+                with autocast(device, amp_dtype):
+                    logits = model(images)
+                k = min(5, logits.shape[-1])
+                hits = logits.float().topk(k, dim=-1).indices.eq(labels[:, None])
+                counts[name] += torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum(),
+                                             torch.tensor(labels.numel(), device=device)]).double()
     finally:
-        model.train(was_training)
-    if world_size > 1:
-        dist.all_reduce(counts)
-    n = int(counts[2])
-    return {"top1": 100.0 * float(counts[0]) / max(n, 1), "top5": 100.0 * float(counts[1]) / max(n, 1), "n": n}
+        for name, model in models.items():
+            model.train(modes[name])
+    results = {}
+    for name, count in counts.items():
+        if world_size > 1:
+            dist.all_reduce(count)
+        n = int(count[2])
+        results[name] = {"top1": 100.0 * float(count[0]) / max(n, 1), "top5": 100.0 * float(count[1]) / max(n, 1),
+                         "n": n}
+    return results

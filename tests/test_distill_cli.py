@@ -49,6 +49,13 @@ def test_run_then_eval(digits, tmp_path):
          "Error: --align must look like"),
         (["run", "--shards", "{train}", "--teacher", "digits", "--align", "2:layer3", "--epochs", "1",
           "--stage1-epochs", "1"], 1, "Error: --align: the teacher has no stage 'layer3'"),
+        (["run", "--shards", "{train}", "--mix", "0.5,0.5"], 1, r"Error: --mix gives 2 value\(s\) for 1 --shards"),
+        (["run", "--shards", "{train}", "--fraction", "0"], 1, r"Error: --fraction values must be in \(0, 1\]"),
+        (["run", "--shards", "{train}", "--model-kwargs", "prefix_logit"], 2, "expected KEY=VALUE"),
+        (["run", "--shards", "{train}", "--soft-labels", "stored"], 1,
+         "Error: --soft-labels stored: none of .* holds stored soft labels"),
+        (["run", "--shards", "{folder}/shard-{{000000..000001}}.tar"], 1,
+         "Error: .* plain WebDataset shards carry no class count; pass --num-classes"),
         (["eval", "--checkpoint", "{missing}", "--data", "{train}"], 1, "Error: checkpoint .* not found"),
         (["eval", "--checkpoint", "{train}/index.json", "--data", "{train}"], 1, "Error: .* not a distill checkpoint"),
     ],
@@ -58,7 +65,8 @@ def test_bad_input_exits_with_one_line(digits, tmp_path, capsys, args, code, mes
 
     from distill.cli import main
 
-    filled = [a.format(missing=tmp_path / "missing", train=digits / "train") for a in args]
+    filled = [a.format(missing=tmp_path / "missing", train=digits / "train", folder=digits / "train" / "shards")
+              for a in args]
     if filled[0] == "run":
         filled += ["--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
     with pytest.raises(SystemExit) as exit_info:  # in-process: main() is exactly what the console script runs

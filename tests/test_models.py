@@ -28,8 +28,11 @@ MICRO = ("dearkd_micro_patch4_32", "deit_micro_patch4_32")
 
 
 def _micro(name: str = "dearkd_micro_patch4_32", **kwargs) -> DearKD:
+    """A micro student in distilled training, as `distill run` uses it (training mode gives both heads)."""
     torch.manual_seed(0)
-    return timm.create_model(name, in_chans=1, num_classes=10, **kwargs)
+    model = timm.create_model(name, in_chans=1, num_classes=10, **kwargs)
+    model.set_distilled_training(True)
+    return model
 
 
 def _num_params(model: torch.nn.Module) -> int:
@@ -195,11 +198,27 @@ def test_micro_param_counts_match_control() -> None:
     assert _num_params(a) == _num_params(b) + extra
 
 
-def test_forward_intermediates() -> None:
+def test_distilled_training_follows_timm_api() -> None:
+    # timm's VisionTransformerDistilled: two heads apart only in distilled training mode, their mean otherwise
+    model = timm.create_model("dearkd_micro_patch4_32", in_chans=1, num_classes=10).train()
+    x = torch.randn(3, 1, 32, 32)
+    assert not model.distilled_training
+    averaged = model(x)
+    assert isinstance(averaged, torch.Tensor) and averaged.shape == (3, 10)
+    model.set_distilled_training(True)
+    torch.manual_seed(1)  # no dropout / drop path at these defaults: the same numbers either way
+    cls_logits, dist_logits = model(x)
+    torch.testing.assert_close(averaged, (cls_logits + dist_logits) / 2)
+    model.set_distilled_training(False)
+    assert isinstance(model(x), torch.Tensor)
+    assert not hasattr(model, "forward_intermediates")  # timm's name, another signature: ours is forward_with_tokens
+
+
+def test_forward_with_tokens() -> None:
     model = _micro().eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
-        logits, feats = model.forward_intermediates(x, blocks=[1, 3, -1])
+        logits, feats = model.forward_with_tokens(x, blocks=[1, 3, -1])
         ref = model(x)
         tokens = model.forward_features(x)
     torch.testing.assert_close(logits, ref)
@@ -207,10 +226,10 @@ def test_forward_intermediates() -> None:
     assert all(f.shape == (2, 64, model.embed_dim) for f in feats.values())
     torch.testing.assert_close(model.norm(feats[-1]), tokens[:, 2:])  # last block's patch tokens, pre-norm
     model.train()
-    logits, _ = model.forward_intermediates(x, blocks=[0])
+    logits, _ = model.forward_with_tokens(x, blocks=[0])
     assert isinstance(logits, tuple) and len(logits) == 2
     with pytest.raises(IndexError):
-        model.forward_intermediates(x, blocks=[6])
+        model.forward_with_tokens(x, blocks=[6])
 
 
 def test_timm_registry_kwargs_and_pretrained_error() -> None:
@@ -342,6 +361,6 @@ def test_aligner_shapes_and_resize() -> None:
 def test_aligner_on_model_features() -> None:
     model = _micro().eval()
     with torch.no_grad():
-        _, feats = model.forward_intermediates(torch.randn(2, 1, 32, 32), blocks=[2])
+        _, feats = model.forward_with_tokens(torch.randn(2, 1, 32, 32), blocks=[2])
     aligner = Aligner(model.embed_dim, 24, grid_size=model.grid_size)
     assert aligner(feats[2], target_hw=(4, 4)).shape == (2, 24, 4, 4)

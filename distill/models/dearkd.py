@@ -63,11 +63,12 @@ class Block(nn.Module):
 class DearKD(nn.Module):
     """DeiT-style ViT with class + distillation tokens whose first ``num_mhca_blocks`` blocks use MHCA.
 
-    Output: in training mode ``forward`` returns ``(cls_logits, dist_logits)``; in eval mode their average
-    (DeiT's distilled inference).  ``forward_features`` returns the normed tokens ``(B, 2 + N, D)`` (class,
-    distillation, then the N patch tokens row-major), ``forward_head(x, pre_logits=False)`` maps them to
-    logits (``pre_logits=True``: the average of the two normed prefix tokens).  ``forward_intermediates``
-    additionally returns the patch tokens of chosen blocks for hidden distillation.
+    Output, as timm's distilled ViT: after ``set_distilled_training(True)``, in training mode ``forward`` returns
+    ``(cls_logits, dist_logits)``; otherwise (eval mode, or not distilled training) their average (DeiT's distilled
+    inference).  ``forward_features`` returns the normed tokens ``(B, 2 + N, D)`` (class, distillation, then the N
+    patch tokens row-major), ``forward_head(x, pre_logits=False)`` maps them to logits (``pre_logits=True``: the
+    average of the two normed prefix tokens).  ``forward_with_tokens`` additionally returns the patch tokens of
+    chosen blocks for hidden distillation.
     """
 
     num_prefix_tokens = 2  # class + distillation token
@@ -102,6 +103,7 @@ class DearKD(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_mhca_blocks = num_mhca_blocks
+        self.distilled_training = False  # set_distilled_training(True) to train the two heads apart (timm's API)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
@@ -166,6 +168,11 @@ class DearKD(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training-mode forward returns ``(cls, dist)`` logits when enabled (timm's ``VisionTransformerDistilled``)."""
+        self.distilled_training = enable
+
     def mhca_layers(self) -> list[MHCA]:
         """The MHCA attention modules, in block order."""
         return [b.attn for b in self.blocks if isinstance(b.attn, MHCA)]
@@ -182,20 +189,20 @@ class DearKD(nn.Module):
         return self.norm(self.blocks(self._embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Logits:
-        """Tokens from ``forward_features`` -> ``(cls, dist)`` logits in training mode, their mean in eval."""
+        """Tokens from ``forward_features`` -> ``(cls, dist)`` logits in distilled training, else their mean."""
         x_cls, x_dist = x[:, 0], x[:, 1]
         if pre_logits:
             return (x_cls + x_dist) / 2
         x_cls = self.head(self.head_drop(x_cls))
         x_dist = self.head_dist(self.head_drop(x_dist))
-        if self.training:
+        if self.distilled_training and self.training:
             return x_cls, x_dist
         return (x_cls + x_dist) / 2
 
     def forward(self, x: torch.Tensor) -> Logits:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
+    def forward_with_tokens(
         self, x: torch.Tensor, blocks: Sequence[int]
     ) -> tuple[Logits, dict[int, torch.Tensor]]:
         """Forward pass that also returns the patch tokens of the chosen blocks (for hidden distillation).
@@ -203,12 +210,13 @@ class DearKD(nn.Module):
         Args:
             x: images ``(B, C, H, W)``.
             blocks: 0-based block indices (block ``k`` here is block ``k + 1`` in the paper's numbering;
-                negative indices count from the end).  Unlike timm's ``forward_intermediates`` this returns
-                the logits too, so the trainer needs one pass for both losses.
+                negative indices count from the end).  Unlike timm's ``forward_intermediates`` (which this
+                model does not implement) this returns the logits too, so the trainer needs one pass for both
+                losses.
 
         Returns:
-            ``(logits, feats)``: ``logits`` exactly as ``forward`` returns them (tuple in training mode,
-            averaged tensor in eval mode); ``feats[k]`` for every ``k`` in ``blocks`` (keyed by the index as
+            ``(logits, feats)``: ``logits`` exactly as ``forward`` returns them (tuple in distilled
+            training, else the averaged tensor); ``feats[k]`` for every ``k`` in ``blocks`` (keyed by the index as
             given) is that block's output patch tokens, shape ``(B, N, D)``, row-major over the
             ``grid_size`` patch grid, taken before the final norm and without the two prefix tokens.
             ``distill.models.Aligner`` turns them into a ``(B, c, h, w)`` map.

@@ -1,0 +1,169 @@
+"""Checkpoint I/O of `distill run`: files written so that a power loss leaves the old or the new one, never part
+of one; checkpoints read with `weights_only=True`; the student a checkpoint describes; every rank's RNG state.
+
+Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_args, pairs, bad_shards).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import timm
+import torch
+
+from dfgen.shards import TMP_MARK
+from distill.errors import DistillError
+from distill.models import DearKD
+
+CHECKPOINT_FORMAT = "distill-checkpoint-v1"
+
+
+# ------------------------------------------------------------------------------------------------ atomic files
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a platform or file system without directory handles: nothing more can be done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write(handle)` to a temporary name beside `path` (dfgen's shard temporaries' mark), fsync the file, rename it
+    over `path`, fsync the directory (so the rename itself survives a power loss)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete the temporaries a killed run left in its run directory (only rank 0 writes there)."""
+    if not out.is_dir():
+        return 0
+    stale = [p for p in out.iterdir() if TMP_MARK in p.name and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a distill checkpoint with `weights_only=True` (a file carrying code is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for files that are not (safe) checkpoints
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DistillError(f"{path} is not a distill checkpoint that loads with weights_only=True ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DistillError(f"{path} is not a distill checkpoint (made by `distill run`)")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------------ the student
+def create_student(name: str, num_classes: int, in_chans: int, img_size: int | None, drop_path: float,
+                   model_kwargs: dict[str, Any] | None = None) -> DearKD:
+    """A registered DearKD student (`dearkd_*`, `deit_micro_patch4_32`) built through timm; `model_kwargs` go to its
+    constructor (e.g. prefix_logit, locality_strength)."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DistillError(f"unknown student model {name!r}{hint} (students: {', '.join(student_names())})")
+    kwargs: dict[str, Any] = {**(model_kwargs or {}), "num_classes": num_classes, "in_chans": in_chans,
+                              "drop_path_rate": drop_path}
+    if img_size:
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs) if _is_student(name) else None
+    except TypeError as exc:  # an argument the student's constructor does not take
+        raise DistillError(f"model_kwargs {model_kwargs}: {name} does not take them ({exc})") from None
+    if not isinstance(model, DearKD):
+        raise DistillError(f"{name} is not a DearKD student; use one of {', '.join(student_names())}")
+    return model
+
+
+def student_names() -> list[str]:
+    return sorted(n for n in timm.list_models() if _is_student(n))
+
+
+def _is_student(name: str) -> bool:
+    return name in timm.list_models(module="dearkd")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> DearKD:
+    """Rebuild the student of a checkpoint, with its model_kwargs (EMA weights if asked and present)."""
+    args = json.loads(ckpt["model_args"])
+    model = create_student(args["name"], args["num_classes"], args["in_chans"], args["img_size"], 0.0,
+                           args.get("model_kwargs"))
+    state = ckpt.get("ema") if ema else ckpt["model"]
+    if state is None:
+        raise DistillError("the checkpoint holds no EMA weights (the run had ema: false)")
+    model.load_state_dict(state)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ RNG states
+def rng_state(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def pack_rng(states: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Every rank's generator states as tensors (row r = rank r), so weights_only loading can read them."""
+    packed = {
+        "torch": torch.stack([s["torch"] for s in states]),
+        "numpy_keys": torch.from_numpy(np.stack([s["numpy"][1] for s in states]).astype(np.int64)),
+        "numpy_pos": torch.tensor([[s["numpy"][2], s["numpy"][3]] for s in states], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([s["numpy"][4] for s in states], dtype=torch.float64),
+        "python": torch.tensor([list(s["python"][1]) for s in states], dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if s["python"][2] is None else s["python"][2] for s in states],
+                                     dtype=torch.float64),
+    }
+    if states[0]["cuda"] is not None:
+        packed["cuda"] = torch.stack([s["cuda"] for s in states])
+    return packed
+
+
+def restore_rng(packed: dict[str, torch.Tensor], rank: int, device: torch.device) -> None:
+    torch.set_rng_state(packed["torch"][rank].clone())
+    if device.type == "cuda" and "cuda" in packed:
+        torch.cuda.set_rng_state(packed["cuda"][rank].clone(), device)
+    pos, has_gauss = (int(v) for v in packed["numpy_pos"][rank])
+    keys = packed["numpy_keys"][rank].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, pos, has_gauss, float(packed["numpy_gauss"][rank])))
+    gauss = float(packed["python_gauss"][rank])
+    random.setstate((3, tuple(int(v) for v in packed["python"][rank]), None if np.isnan(gauss) else gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,314 @@
+"""Opening the data `distill` reads: what a `--shards` / `--val` argument names, validated and described.
+
+A source is one of
+- a dfgen dataset: a directory with dataset.json + index.json + shards/*.tar (SPEC section 3);
+- plain WebDataset shards: a brace pattern (`train-{000000..001281}.tar`), a `::`-separated list, one .tar file, or a
+  directory of .tar files without dataset.json; `--num-classes` and the image / label keys say how to read them;
+- an ImageFolder tree: one sub-directory of images per class (sorted names = class indices, ImageNet's train layout);
+  for training its files are dealt into fixed chunks of mixed classes that are read like shards;
+- a flat directory of images with a label file (ImageNet's validation layout), for evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from PIL import Image
+
+from distill.errors import DistillError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+FOLDER_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+CHUNK_SIZE = 1000  # files per chunk of an ImageFolder read for training (the size of a dfgen shard)
+SUBSET_SEED = 0  # --fraction subsets are fixed, whatever the run's seed, so runs compare on the same images
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+@dataclass
+class DatasetInfo:
+    """A validated data source: where its images are and what it holds."""
+
+    path: Path
+    kind: str  # "shards" (dfgen), "webdataset", "imagefolder" or "flat"
+    n: int
+    num_classes: int | None = None
+    in_chans: int | None = None
+    image_size: tuple[int, int, int] | None = None
+    urls: list[str] = field(default_factory=list)  # tar paths; an ImageFolder's chunks as "DIR#k"
+    nsamples: list[int] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)  # dataset.json
+    classes: list[str] | None = None
+    files: list[str] = field(default_factory=list)  # imagefolder / flat: paths relative to `path`
+    labels: list[int] = field(default_factory=list)  # imagefolder / flat: one per file
+    chunks: list[list[int]] = field(default_factory=list)  # imagefolder: file indices of each url
+    image_key: str | None = None  # None: the first of IMAGE_EXTS a sample has
+    label_key: str = "cls"
+    name: str = ""  # as the user gave it
+
+    @property
+    def teacher(self) -> dict[str, Any] | None:
+        """The teacher entry of a synthetic set's dataset.json (name, source, data_config), if any."""
+        teacher = self.description.get("teacher")
+        return teacher if isinstance(teacher, dict) else None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == "shards" and self.description.get("kind", "synthetic") != "real"
+
+    @property
+    def soft_k(self) -> int | None:
+        """k of the stored top-k teacher logits (dataset.json "soft_labels"), None when the set stores none."""
+        soft = self.description.get("soft_labels")
+        return int(soft["k"]) if isinstance(soft, dict) and soft.get("k") else None
+
+
+def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int | None = None,
+                 image_key: str | None = None, label_key: str = "cls", labels_file: str | None = None,
+                 classes: list[str] | None = None, fraction: float = 1.0) -> DatasetInfo:
+    """Validate a source and describe it. `classes`: the training data's class names (an ImageFolder or label file
+    whose names are all among them is indexed by them); `fraction`: keep that share of the images (whole shards, or
+    per class for an ImageFolder), the same subset on every run."""
+    text = str(spec)
+    if not 0 < fraction <= 1:
+        raise DistillError(f"--fraction must be in (0, 1], got {fraction} for {text}")
+    if "{" in text or "::" in text or text.endswith(".tar"):
+        info = _open_webdataset(text, wds.shardlists.expand_urls(text), num_classes, image_key, label_key)
+        return _subset_shards(info, fraction)
+    path = Path(text)
+    if not path.exists():
+        raise DistillError(f"dataset {path} not found")
+    if not path.is_dir():
+        raise DistillError(f"dataset {path} is neither a directory nor .tar shards (expected a dfgen dataset, an "
+                           "ImageFolder or WebDataset shards)")
+    if (path / "dataset.json").is_file() or (path / "index.json").is_file():
+        return _subset_shards(_open_dfgen(path), fraction)
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    tars = [e.path for e in entries if e.is_file() and e.name.endswith(".tar")]
+    if tars:
+        return _subset_shards(_open_webdataset(text, tars, num_classes, image_key, label_key), fraction)
+    if allow_folder and any(e.is_dir() and not e.name.startswith(".") for e in entries):
+        return _open_folder(path, classes, fraction)
+    if allow_folder and any(e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS for e in entries):
+        if not labels_file:
+            raise DistillError(f"{path} holds images but no class folders; for ImageNet's flat validation layout "
+                               "give the label file with --val-labels FILE")
+        return _open_flat(path, labels_file, classes)
+    what = "a dfgen dataset (dataset.json + index.json + shards/), WebDataset .tar shards" + (
+        " or an ImageFolder" if allow_folder else "")
+    raise DistillError(f"{path} is not {what}; make one with `dfgen synthesize` or `dfgen export-digits`")
+
+
+def open_training_sets(paths: list[str], num_classes: int | None = None, image_key: str | None = None,
+                       label_key: str = "cls", fractions: list[float] | None = None) -> list[DatasetInfo]:
+    """Open every --shards source; they must agree on classes and channels (synthetic + real mixes)."""
+    if not paths:
+        raise DistillError("no training data: give --shards DIR (a dfgen dataset, an ImageFolder or .tar shards)")
+    fractions = fractions or [1.0] * len(paths)
+    if len(fractions) != len(paths):
+        raise DistillError(f"--fraction gives {len(fractions)} value(s) for {len(paths)} --shards source(s)")
+    infos = [open_dataset(p, num_classes=num_classes, image_key=image_key, label_key=label_key, fraction=f)
+             for p, f in zip(paths, fractions, strict=True)]
+    for key in ("num_classes", "in_chans"):
+        values = {getattr(i, key) for i in infos if getattr(i, key) is not None}
+        if len(values) > 1:
+            listed = ", ".join(f"{i.name}: {getattr(i, key)}" for i in infos)
+            raise DistillError(f"the --shards sources disagree on {key} ({listed})")
+    return infos
+
+
+def _read_json(path: Path, hint: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DistillError(f"{path} not found; {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise DistillError(f"{path} is not readable JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{path} does not hold a JSON object; {hint}")
+    return data
+
+
+def _check_tars(tars: list[str], sizes: list[int | None], where: str, hint: str) -> None:
+    problems = []
+    for tar, size in zip(tars, sizes, strict=True):
+        shard = Path(tar)
+        if not shard.is_file():
+            problems.append(f"{shard.name} (missing)")
+        elif size is not None and shard.stat().st_size != size:
+            problems.append(f"{shard.name} (truncated: {shard.stat().st_size} of {size} bytes)")
+        elif not tarfile.is_tarfile(shard):
+            problems.append(f"{shard.name} (not a tar file)")
+    if problems:
+        listed = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+        raise DistillError(f"{len(problems)} of {len(tars)} shard(s) of {where} are damaged: {listed}; {hint}")
+
+
+def _open_dfgen(path: Path) -> DatasetInfo:
+    hint = f"rebuild it with `dfgen index {path}` or rerun the dfgen command that made the dataset"
+    description = _read_json(path / "dataset.json", hint)
+    index = _read_json(path / "index.json", hint)
+    shardlist = index.get("shardlist")
+    if not isinstance(shardlist, list):
+        raise DistillError(f"{path / 'index.json'} has no shardlist; {hint}")
+    entries = [s for s in shardlist if isinstance(s, dict) and s.get("url")]
+    n = sum(int(s.get("nsamples", 0)) for s in entries)
+    if not entries or n == 0:
+        raise DistillError(f"dataset {path} is empty (no shards or no images in index.json); {hint}")
+    urls = [str((path / e["url"]).resolve()) for e in entries]
+    _check_tars(urls, [int(e["filesize"]) if "filesize" in e else None for e in entries], str(path), hint)
+    size = description.get("image_size")
+    classes = description.get("classes")
+    return DatasetInfo(
+        path=path, kind="shards", n=n, num_classes=description.get("num_classes"),
+        in_chans=description.get("in_chans"),
+        image_size=tuple(int(v) for v in size) if isinstance(size, list) and len(size) == 3 else None,
+        urls=urls, nsamples=[int(e.get("nsamples", 0)) for e in entries], description=description,
+        classes=[str(c) for c in classes] if isinstance(classes, list) else None, name=str(path),
+    )
+
+
+def _count_samples(url: str) -> int:
+    """Images in a tar shard, from its member headers only (tarfile seeks past the data)."""
+    keys = set()
+    with tarfile.open(url, "r:") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            key, _, ext = base.partition(".")
+            if member.isfile() and ext.lower() in IMAGE_EXTS:
+                keys.add(member.name.rsplit("/", 1)[0] + "/" + key)
+    return len(keys)
+
+
+def _open_webdataset(spec: str, urls: list[str], num_classes: int | None, image_key: str | None,
+                     label_key: str) -> DatasetInfo:
+    hint = "check the shard pattern"
+    if any("://" in u or u.startswith("pipe:") for u in urls):
+        raise DistillError(f"{spec}: distill reads local (or mounted) .tar shards only, not remote urls")
+    urls = [str(Path(u).resolve()) for u in urls]
+    _check_tars(urls, [None] * len(urls), spec, hint)
+    if not num_classes:
+        raise DistillError(f"{spec}: plain WebDataset shards carry no class count; pass --num-classes")
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:  # header scans are I/O bound
+        nsamples = list(pool.map(_count_samples, urls))
+    if sum(nsamples) == 0:
+        raise DistillError(f"{spec}: no images ({', '.join(IMAGE_EXTS)}) in {len(urls)} shard(s)")
+    info = DatasetInfo(path=Path(urls[0]).parent, kind="webdataset", n=sum(nsamples), num_classes=num_classes,
+                       urls=urls, nsamples=nsamples, image_key=image_key, label_key=label_key, name=spec)
+    sample_url = urls[nsamples.index(max(nsamples))]
+    try:
+        first = next(wds.tariterators.tarfile_samples([{"url": sample_url}]))
+    except Exception as exc:  # a damaged tar: any read failure
+        raise DistillError(f"{spec}: cannot read a sample of {sample_url} ({exc}); {hint}") from None
+    key = image_key or next((k for k in first if k.lower() in IMAGE_EXTS), None)
+    if key not in first:
+        raise DistillError(f"{spec}: sample {first.get('__key__')} has no image under {key or '/'.join(IMAGE_EXTS)}; "
+                           f"its keys are {', '.join(k for k in first if not k.startswith('__'))} (--image-key)")
+    if label_key not in first:
+        raise DistillError(f"{spec}: sample {first.get('__key__')} has no label {label_key!r}; its keys are "
+                           f"{', '.join(k for k in first if not k.startswith('__'))} (--label-key)")
+    info.in_chans, info.image_size = _image_shape(first[key])
+    return info
+
+
+def _image_shape(data: bytes) -> tuple[int, tuple[int, int, int]]:
+    """(channels distill reads it with, (C, H, W)) of one encoded image: 1 for greyscale modes, else 3."""
+    with Image.open(io.BytesIO(data)) as image:
+        chans = 1 if image.mode in _GREY_MODES else 3
+        return chans, (chans, image.height, image.width)
+
+
+def _subset_shards(info: DatasetInfo, fraction: float) -> DatasetInfo:
+    if fraction >= 1:
+        return info
+    count = max(1, round(fraction * len(info.urls)))
+    keep = sorted(random.Random(SUBSET_SEED).sample(range(len(info.urls)), count))
+    info.urls = [info.urls[i] for i in keep]
+    info.nsamples = [info.nsamples[i] for i in keep]
+    info.n = sum(info.nsamples)
+    return info
+
+
+def _class_index(names: list[str], classes: list[str] | None) -> dict[str, int]:
+    """Class name -> index: by the training data's class list when it names them all, else sorted order."""
+    if classes and all(n in classes for n in names):
+        return {n: classes.index(n) for n in names}
+    return {n: i for i, n in enumerate(sorted(names))}
+
+
+def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> DatasetInfo:
+    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    index = _class_index(names, classes)
+    files, labels = [], []
+    rng = random.Random(SUBSET_SEED)
+    for name in names:
+        found = sorted(f"{name}/{e.name}" for e in os.scandir(path / name)
+                       if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS)
+        if fraction < 1 and found:
+            found = sorted(rng.sample(found, max(1, math.ceil(fraction * len(found)))))
+        files += found
+        labels += [index[name]] * len(found)
+    if not files:
+        raise DistillError(f"ImageFolder {path} holds no images ({', '.join(sorted(FOLDER_EXTS))})")
+    order = list(range(len(files)))
+    random.Random(SUBSET_SEED).shuffle(order)  # chunks of mixed classes, fixed for the folder
+    chunks = [sorted(order[i:i + CHUNK_SIZE]) for i in range(0, len(order), CHUNK_SIZE)]
+    in_chans, size = _image_shape((path / files[0]).read_bytes())
+    # indexed by the training data's class list, a folder may hold only some of the classes: no count to check then
+    num_classes = len(names) if max(labels) < len(names) else None
+    return DatasetInfo(path=path, kind="imagefolder", n=len(files), num_classes=num_classes,
+                       in_chans=in_chans, image_size=size, urls=[f"{path}#{k}" for k in range(len(chunks))],
+                       nsamples=[len(c) for c in chunks], classes=names, files=files, labels=labels, chunks=chunks,
+                       name=str(path))
+
+
+def read_label_file(labels_file: str | Path, classes: list[str] | None) -> dict[str, int]:
+    """{file name or stem: class index} from "FILE LABEL" lines (space, tab or comma separated; LABEL an index from 0
+    or a class name such as a WordNet id) or Kaggle's LOC_val_solution.csv ("ImageId,PredictionString")."""
+    path = Path(labels_file)
+    if not path.is_file():
+        raise DistillError(f"label file {path} not found")
+    rows = []
+    with open(path, newline="") as handle:
+        for line in csv.reader(handle, delimiter="," if path.suffix.lower() == ".csv" else " ", skipinitialspace=True):
+            fields = [f for part in line for f in part.split()]
+            if len(fields) >= 2 and fields[0] != "ImageId":
+                rows.append((fields[0], fields[1]))
+            elif len(fields) == 1:
+                raise DistillError(f"{path}: a line without a file name ({fields[0]!r}); write \"FILE LABEL\" lines "
+                                   "(the devkit's bare ILSVRC ids are in another class order)")
+    if not rows:
+        raise DistillError(f"{path} holds no \"FILE LABEL\" lines")
+    names = sorted({label for _, label in rows if not label.lstrip("-").isdigit()})
+    index = _class_index(names, classes) if names else {}
+    table = {}
+    for name, label in rows:
+        table[name] = int(label) if label.lstrip("-").isdigit() else index[label]
+    return table
+
+
+def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> DatasetInfo:
+    table = read_label_file(labels_file, classes)
+    files = sorted(e.name for e in os.scandir(path) if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS)
+    labels, missing = [], []
+    for name in files:
+        label = table.get(name, table.get(Path(name).stem))
+        if label is None:
+            missing.append(name)
+        labels.append(label)
+    if missing:
+        raise DistillError(f"{labels_file} gives no label for {len(missing)} of the {len(files)} images in {path} "
+                           f"(first: {missing[0]})")
+    in_chans, size = _image_shape((path / files[0]).read_bytes())
+    return DatasetInfo(path=path, kind="flat", n=len(files), num_classes=None, in_chans=in_chans, image_size=size,
+                       files=files, labels=labels, name=str(path))
