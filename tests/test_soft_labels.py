@@ -126,7 +126,8 @@ def test_stored_logits_decoding():
 # ------------------------------------------------------------------------------------------------ training
 def test_stored_soft_labels_train_without_the_teacher(soft_set, digits, tmp_path, recorded, capsys):
     out = tmp_path / "run"
-    train(config(out, [soft_set, digits / "train"], distillation="soft", distill_tau=1.0, mix="0.5,0.5"))
+    train(config(out, [soft_set, digits / "train"], distillation="soft", distill_tau=1.0, mix="0.5,0.5",
+                 fraction="0.5,0.5"))
     err = capsys.readouterr().err
     assert err.count("the hidden loss is off") == 1 and "stored soft labels" in err
     record = json.loads((out / "metrics.jsonl").read_text())
@@ -142,7 +143,7 @@ def test_stored_soft_labels_train_without_the_teacher(soft_set, digits, tmp_path
             else:  # a real image: its one-hot label
                 assert row.tolist() == F.one_hot(torch.tensor(label), 10).float().tolist()
                 kinds["real"] += 1
-    assert kinds["synthetic"] > 10 and kinds["real"] > 10, kinds
+    assert kinds["synthetic"] > 8 and kinds["real"] > 8, kinds
 
 
 def test_stored_targets_follow_the_mixup_pairing(soft_set, tmp_path, recorded):
