@@ -89,10 +89,12 @@ def _log(env: DistEnv, message: str) -> None:
 
 def _absolute(cfg: TrainConfig) -> TrainConfig:
     """Local paths made absolute, so the configuration compared on --resume does not depend on the cwd (shard
-    patterns and `a::b` lists are kept as given)."""
+    patterns and `a::b` lists part by part, without touching the braces)."""
     def local(path: str | None) -> str | None:
-        if path is None or "{" in path or "::" in path:
-            return path
+        if path is None:
+            return None
+        if "{" in path or "::" in path:
+            return "::".join(os.path.abspath(part) for part in path.split("::"))
         return str(Path(path).resolve())
 
     return dataclasses.replace(cfg, shards=[local(s) for s in cfg.shards], val=local(cfg.val),
