@@ -45,7 +45,7 @@ def rate(engine: InversionEngine, labels: torch.Tensor, iterations: int) -> floa
 
 def largest_batch(teacher, resolution: int, device, candidates=(1024, 768, 512, 384, 256, 192, 128, 64, 32)) -> int:
     for batch in candidates:
-        settings = EngineSettings(schedule=[(resolution, 2)], weights=LossWeights(), precision="bf16",
+        settings = EngineSettings(schedule=[(resolution, 2)], weights=LossWeights.paper(), precision="bf16",
                                   log_every=0, channels_last=True)
         engine = InversionEngine(teacher.model, teacher.mean, teacher.std, settings, device)
         try:
@@ -77,7 +77,8 @@ def main() -> None:
     for resolution in (112, 224):
         batch = largest_batch(teacher, resolution, device)
         torch.cuda.reset_peak_memory_stats()
-        settings = EngineSettings(schedule=[(resolution, args.iterations)], weights=LossWeights(), precision="bf16",
+        settings = EngineSettings(schedule=[(resolution, args.iterations)], weights=LossWeights.paper(),
+                                  precision="bf16",
                                   log_every=0, channels_last=True)
         engine = InversionEngine(model, teacher.mean, teacher.std, settings, device)
         labels = torch.arange(batch) // 4 % teacher.num_classes
@@ -102,7 +103,7 @@ def main() -> None:
     model.float().to(memory_format=torch.contiguous_format)
     labels = (torch.arange(args.naive_batch) // 4 % teacher.num_classes).to(device)
     mean = teacher.mean
-    run = lambda n: synth_speed.naive_loop(model, mean, teacher.std, labels, 224, n, LossWeights(ep=0, triplet=0),  # noqa: E731
+    run = lambda n: synth_speed.naive_loop(model, mean, teacher.std, labels, 224, n, LossWeights.paper(ep=0, triplet=0),  # noqa: E731
                                            device=device)
     run(2)
     torch.cuda.synchronize()

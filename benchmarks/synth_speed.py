@@ -89,7 +89,7 @@ def run_case(name: str, teacher_name: str, resolution: int, batch: int, iteratio
     labels = (torch.arange(batch) // 2) % classes
     # Same objective for both: plain DeepInversion terms (the diversity terms cost little and the
     # naive reference has none).
-    weights = LossWeights(ep=0, triplet=0)
+    weights = LossWeights.paper(ep=0, triplet=0)
     settings = EngineSettings(schedule=[(resolution, iterations)], weights=weights, log_every=0, warmup=100,
                               compile=compile_engine)
     engine = InversionEngine(teacher.model, teacher.mean, teacher.std, settings, torch.device("cpu"))

@@ -87,18 +87,34 @@ def cli() -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[auto: bf16 on CUDA].")
 @click.option("--lr", type=float, help="Adam learning rate [0.25].")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up iterations per stage [100].")
-@click.option("--tv-l2", type=float, help="Weight of the L2 total variation [1e-4].")
+@click.option("--tv-l2", type=float, help="Weight of the L2 total variation [0.439; paper form 1e-4].")
 @click.option("--tv-l1", type=float, help="Weight of the L1 total variation [0].")
-@click.option("--l2", type=float, help="Weight of the L2 image prior [1e-5].")
-@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [5e-2].")
+@click.option("--l2", type=float, help="Weight of the L2 image prior [0.00388; paper form 1e-5].")
+@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [100; paper form 5e-2].")
 @click.option("--first-bn-multiplier", type=float, help="Multiplier of the first BN layer [10].")
 @click.option("--ep", type=float, help="Weight of the easy-positive diversity loss [50].")
 @click.option("--triplet", type=float, help="Weight of the boundary triplet loss [0.5].")
-@click.option("--margin", type=float, help="Triplet margin [0.5].")
-@click.option("--ep-reach", type=float, help="Distance at which the easy-positive push stops [0.3].")
+@click.option("--margin", metavar="D|auto", help="Triplet margin, a distance in [0, 2], or auto: a fraction of the "
+              "teacher's own inter-class distance, from a probe at start-up [auto].")
+@click.option("--ep-reach", metavar="D|auto", help="Distance in (0, 2] at which the easy-positive push stops, or auto "
+              "(a fraction of the teacher's own inter-class distance) [auto].")
+@click.option("--loss-form", "form", type=click.Choice(["normalized", "paper"]),
+              help="normalized: the BN term relative to its value on noise and per-pixel priors, so the weights mean "
+              "the same for any teacher; paper: the "
+              "paper's sums with its weights (their size depends on the teacher) [normalized].")
 @click.option("--no-diversity", is_flag=True, default=None, help="Plain DeepInversion (ep = triplet = 0).")
-@click.option("--flip/--no-flip", default=None, help="Random horizontal flips in the jitter [on]; turn off for "
-              "classes a mirror changes (digits, text).")
+@click.option("--flip", "flip", type=click.Choice(["auto", "on", "off"]), is_flag=False, flag_value="on",
+              default=None, help="Random horizontal flips in the jitter. auto: on only if the teacher keeps its "
+              "predictions on mirrored images of its own (a probe at start-up); --flip alone means on [auto].")
+@click.option("--no-flip", "no_flip", is_flag=True, default=None, help="No flips (same as --flip off).")
+@click.option("--multires", type=click.Choice(["auto", "native", "upsample"]), help="Stages below the teacher's input "
+              "size: native shows the teacher the low-resolution image (the paper); upsample optimises it but shows "
+              "the teacher an upsampled copy at its own size (fixed-size teachers); auto: native where the teacher "
+              "accepts every size [auto].")
+@click.option("--crop-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Random-resized crops in the "
+              "loop, smallest area fraction reached by an easy-to-hard curriculum [off].")
+@click.option("--soft-topk", type=click.IntRange(min=0), help="Teacher logits stored per image (top-k) for distill "
+              "--soft-labels stored; 0: none [10].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
 @click.option("--rank", type=click.IntRange(min=0), help="This process's rank (without torchrun).")
 @click.option("--world-size", type=click.IntRange(min=1), help="Number of processes (without torchrun).")
@@ -107,12 +123,16 @@ def cli() -> None:
 @click.option("--log-every", type=click.IntRange(min=1), help="Iterations between loss reads [50].")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the teacher and losses.")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar; one log line per shard.")
-def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init, **options) -> None:
+def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init, no_flip, **options) -> None:
     """Invert a teacher into a synthetic dataset of WebDataset shards (resumable)."""
     from dfgen.synthesize import describe_plan
     from dfgen.synthesize import synthesize as run_synthesis
 
     options["format"], options["compile"] = format_, compile_
+    if no_flip:
+        if options.get("flip") not in (None, "off"):
+            raise click.UsageError("--no-flip and --flip on contradict each other")
+        options["flip"] = "off"
     if batch_size is not None:
         options.update(_split_batch(batch_size, options.get("classes_per_batch"), options.get("images_per_class")))
     preset = load_yaml_config(config_path) if config_path else {}

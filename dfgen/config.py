@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +92,20 @@ def parse_floats(value: str | float | list | tuple | None, what: str) -> list[fl
     return floats
 
 
+SMALL_INPUT = 128  # below this teacher input size the default schedule has three stages (docs/design.md)
+SMALL_INPUT_ITERATIONS = 200  # per stage
+
+
+def default_schedule(size: int) -> list[tuple[int, int]]:
+    """The schedule when none is given, from the teacher's input size: the paper's two stages at half and full
+    size, 2000 iterations each (112:2000,224:2000 for ImageNet teachers); for small inputs (digits, MNIST, CIFAR:
+    below 128 px) three stages from a quarter of the size, which transferred better there at a tenth of the cost."""
+    if size >= SMALL_INPUT:
+        return [(max(1, size // 2), 2000), (size, 2000)]
+    sizes = sorted({max(4, size // 4), max(4, size // 2), size})
+    return [(res, SMALL_INPUT_ITERATIONS) for res in sizes]
+
+
 def format_schedule(stages: list[tuple[int, int]]) -> str:
     return ",".join(f"{r}:{i}" for r, i in stages)
 
@@ -100,19 +116,92 @@ OPTIONAL_CONTENT_FIELDS = ("teacher_kwargs", "num_classes", "in_chans", "image_s
                            "class_names")
 
 
+AUTO = "auto"  # a value derived from the teacher at start-up (dfgen.calibration): see docs/design.md
+MULTIRES_MODES = (AUTO, "native", "upsample")
+# The paper's objective (SPEC section 2): sums whose size depends on the teacher, the batch and the image size.
+PAPER_WEIGHTS = {"tv_l2": 1e-4, "tv_l1": 0.0, "l2": 1e-5, "bn": 5e-2, "first_bn_multiplier": 10.0, "ep": 50.0,
+                 "triplet": 0.5}
+# The normalized objective (the default): BN term relative to its value on noise, priors per element. The priors'
+# weights are the paper's times the square root of the elements they were tuned on (a batch of 128 RGB images at
+# 224 px for TV, one such image for L2), so they weigh the same at the paper's setting and at any other.
+NORMALIZED_WEIGHTS = {"tv_l2": round(1e-4 * math.sqrt(128 * 3 * 224 * 224), 3),
+                      "tv_l1": 0.0, "l2": round(1e-5 * math.sqrt(3 * 224 * 224), 5), "bn": 100.0,
+                      "first_bn_multiplier": 10.0, "ep": 50.0, "triplet": 0.5}
+FORMS = {"normalized": NORMALIZED_WEIGHTS, "paper": PAPER_WEIGHTS}
+
+
 @dataclass
 class LossWeights:
-    """DF-DearKD objective weights (SPEC section 2; paper values as defaults)."""
+    """DF-DearKD objective weights (SPEC section 2). `form` "paper" is the paper's objective with its weights;
+    the default "normalized" form makes one set of weights mean the same for any teacher, batch and image size
+    (docs/design.md gives the mapping). A weight left at None takes its form's default."""
 
-    tv_l2: float = 1e-4
-    tv_l1: float = 0.0
-    l2: float = 1e-5
-    bn: float = 5e-2
-    first_bn_multiplier: float = 10.0
-    ep: float = 50.0
-    triplet: float = 0.5
-    margin: float = 0.5
-    ep_reach: float | None = 0.3  # None: the unbounded -d(a, ep) form (docs/design.md)
+    tv_l2: float | None = None
+    tv_l1: float | None = None
+    l2: float | None = None
+    bn: float | None = None
+    first_bn_multiplier: float | None = None
+    ep: float | None = None
+    triplet: float | None = None
+    margin: float | str = 0.5  # "auto": a fraction of the teacher's own inter-class distance
+    ep_reach: float | str | None = 0.3  # "auto": as margin; None: the unbounded -d(a, ep) form (docs/design.md)
+    form: str = "normalized"
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise DfgenError(f"the loss form must be one of {', '.join(FORMS)}, got {self.form!r}")
+        for name, default in FORMS[self.form].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self.ep_reach = _distance_or_auto(self.ep_reach, "--ep-reach", allow_none=True)
+        self.margin = _distance_or_auto(self.margin, "--margin", allow_none=False)
+        if self.ep_reach is not None and self.ep_reach != AUTO and self.ep_reach <= 0:
+            raise DfgenError(f"--ep-reach must be in (0, 2] or auto (to turn the easy-positive term off use --ep 0), "
+                             f"got {self.ep_reach}")
+        if self.margin != AUTO and self.margin < 0:
+            raise DfgenError(f"--margin must be >= 0 or auto, got {self.margin}")
+
+    @classmethod
+    def paper(cls, **changes: Any) -> LossWeights:
+        """The paper's objective and weights (DF-DearKD, eq. 8)."""
+        return cls(form="paper", **changes)
+
+
+def _distance_or_auto(value: Any, what: str, allow_none: bool) -> float | str | None:
+    """A distance between L2-normalised embeddings (at most 2), "auto", or (where allowed) None."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DfgenError(f"{what} must be a number or auto, got {value!r}") from None
+    if value > 2.0:  # distances between normalised embeddings are at most 2: any larger value acts as 2
+        print(f"note: {what} {value:g} is above 2, the largest distance between normalised embeddings; using 2",
+              file=sys.stderr)
+        value = 2.0
+    return value
+
+
+def parse_flip(value: Any) -> bool | str:
+    """--flip on|off|auto (or a bool) -> True, False or "auto"."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto",):
+        return AUTO
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise DfgenError(f"--flip must be on, off or auto, got {value!r}")
+
+
+def synthesis_losses(**weights: Any) -> LossWeights:
+    """The loss weights of `dfgen synthesize`: LossWeights' defaults, except that the reach and the margin are
+    derived from the teacher (auto) unless given."""
+    return LossWeights(**{"ep_reach": AUTO, "margin": AUTO, **weights})
 
 
 @dataclass
@@ -148,8 +237,11 @@ class SynthesisConfig:
     warmup: int = 100
     upsample: str = "bilinear"
     jitter_fraction: float = 0.125
-    flip: bool = True
-    losses: LossWeights = field(default_factory=LossWeights)
+    flip: bool | str = AUTO  # auto: on only if the teacher is mirror-invariant on its own images (a probe)
+    multires: str = AUTO  # native: the teacher sees each stage's size; upsample: it always sees its own size
+    soft_topk: int = 10  # teacher logits stored per image (top-k; 0: none), for distill --soft-labels stored
+    crop_min_scale: float | None = None  # random-resized crops in the loop, area scale min..1 (None: off)
+    losses: LossWeights = field(default_factory=lambda: synthesis_losses())
     no_diversity: bool = False
     precision: str = "auto"
     # How it runs; not part of the content.
@@ -165,7 +257,7 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.losses, dict):
-            self.losses = LossWeights(**self.losses)
+            self.losses = synthesis_losses(**self.losses)
         self.teacher_kwargs = parse_kwargs(self.teacher_kwargs) or None
         self.mean = parse_floats(self.mean, "--mean")
         self.std = parse_floats(self.std, "--std")
@@ -182,6 +274,13 @@ class SynthesisConfig:
             raise DfgenError(f"--format must be png, jpg or webp, got {self.format!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise DfgenError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        self.flip = parse_flip(self.flip)
+        if self.multires not in MULTIRES_MODES:
+            raise DfgenError(f"--multires must be one of {', '.join(MULTIRES_MODES)}, got {self.multires!r}")
+        if self.soft_topk < 0:
+            raise DfgenError(f"--soft-topk must be >= 0, got {self.soft_topk}")
+        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
+            raise DfgenError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
         if self.upsample not in ("bilinear", "nearest"):
             raise DfgenError(f"upsample must be bilinear or nearest, got {self.upsample!r}")
         if self.images_per_class < 1:
@@ -304,4 +403,4 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
             losses[key] = value
         else:
             data[key] = value
-    return SynthesisConfig(**data, losses=LossWeights(**losses))
+    return SynthesisConfig(**data, losses=synthesis_losses(**losses))

@@ -15,23 +15,30 @@ from torch import Tensor, nn
 from dfgen import losses as L
 from dfgen.config import LossWeights
 from dfgen.errors import SynthesisError
+from dfgen.jitter import draw_stage_jitter
+from dfgen.resolutions import describe_failure
 from dfgen.teachers import classifier_of
 
 
 @dataclass
 class EngineSettings:
     schedule: list[tuple[int, int]]
-    weights: LossWeights
+    weights: LossWeights  # resolved: no "auto" left (dfgen.calibration)
+    teacher_resolution: int | None = None  # the teacher's input size; None: the last stage's
     lr: float = 0.25
     warmup: int = 100
     upsample: str = "bilinear"
     jitter_fraction: float = 0.125
     flip: bool = True
+    multires: str = "native"  # "upsample": stages below the teacher's size are shown to it upsampled
+    crop_min_scale: float | None = None  # random-resized crops in the loop (None: off)
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     log_every: int = 50
     channels_last: bool = False
     compile: bool = False  # torch.compile the teacher + loss (pays for small teachers; see README)
     output_resolution: int | None = None  # written size; None: the last stage's (upsampled if larger)
+    soft_topk: int = 0  # teacher logits kept per image (top-k; 0: none)
+    bn_noise_levels: list[float] | None = None  # normalized form: each BN layer's loss on noise (None: measured)
 
 
 @dataclass
@@ -41,6 +48,8 @@ class BatchResult:
     predicted: Tensor  # teacher top-1 on the quantised images
     losses: dict[str, float]  # the last logged loss terms of the last stage
     lr_scale: float  # 1.0, or the lowered scale of a retry after a non-finite loss
+    soft_index: Tensor | None = None  # (B, k) classes of the teacher's top-k logits on the written images
+    soft_logit: Tensor | None = None  # (B, k) those logits
 
 
 class TeacherProbe(nn.Module):
@@ -80,6 +89,21 @@ class TeacherProbe(nn.Module):
             handle.remove()
 
 
+NOISE_IMAGES = 16  # the noise batch that measures each BN layer's loss on noise
+
+
+def bn_noise_levels(probe: TeacherProbe, in_chans: int, size: int, device: torch.device) -> list[float]:
+    """Each BN layer's statistics loss on a fixed batch of Gaussian noise at the teacher's size (what every
+    inversion starts from), in fp32: the unit of the normalized BN term. Layers whose noise statistics already match
+    are floored at 1% of the median level, so no layer's term is blown up."""
+    noise = torch.randn(NOISE_IMAGES, in_chans, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        _, _, layer_losses = probe(noise)
+    levels = torch.stack([v.float() for v in layer_losses]).cpu()
+    levels = levels.clamp_min(0.01 * float(levels.median()) + 1e-12)
+    return [float(f"{v:.6g}") for v in levels.tolist()]
+
+
 def lr_at(iteration: int, iterations: int, base_lr: float, warmup: int) -> float:
     """Linear warm-up over `warmup` iterations, then cosine to 0 at the end of the stage."""
     warmup = min(warmup, iterations // 2)
@@ -96,32 +120,37 @@ def objective(
     jittered: Tensor,
     labels: Tensor,
     weights: LossWeights,
+    noise_levels: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """All terms of eq. 8 and their weighted total (fp32)."""
+    """All terms of eq. 8 and their weighted total (fp32), plus the diversity terms' activity shares. The
+    normalized form needs each BN layer's loss on noise (`noise_levels`, see bn_noise_levels)."""
+    normalized = weights.form == "normalized"
+    if normalized and noise_levels is None:
+        raise ValueError("the normalized objective needs the BN layers' noise levels")
     terms = {
         "ce": F.cross_entropy(logits.float(), labels),
-        "bn": L.bn_loss(bn_layer_losses, weights.first_bn_multiplier),
-        "tv_l2": L.tv_l2(jittered) if weights.tv_l2 else None,
+        "bn": L.bn_loss(bn_layer_losses, weights.first_bn_multiplier, noise_levels if normalized else None),
+        "tv_l2": L.tv_l2(jittered, per_element=normalized) if weights.tv_l2 else None,
         "tv_l1": L.tv_l1(jittered) if weights.tv_l1 else None,
-        "l2": L.l2_prior(jittered) if weights.l2 else None,
+        "l2": L.l2_prior(jittered, per_element=normalized) if weights.l2 else None,
     }
+    activity = {}
     if weights.ep or weights.triplet:
-        distances = L.pairwise_distances(embedding)
-        mining = L.mine(distances, labels)
-        terms["ep"] = L.easy_positive_loss(distances, mining, weights.ep_reach)
-        terms["triplet"] = L.triplet_loss(distances, mining, weights.margin)
+        diversity = L.diversity_terms(embedding, labels, weights.ep_reach, weights.margin)
+        terms["ep"], terms["triplet"] = diversity["ep"], diversity["triplet"]
+        activity = {"ep_active": diversity["ep_active"], "triplet_active": diversity["triplet_active"]}
     terms = {k: v for k, v in terms.items() if v is not None}
     total = terms["ce"]
     for key, value in terms.items():
         if key != "ce":  # every other term has a weight of the same name
             total = total + getattr(weights, key) * value.float()
-    terms["total"] = total
-    return terms
+    return {**terms, **activity, "total": total}
 
 
 class InversionEngine:
     """Inverts batches for one teacher. Random draws come only from the batch seed (CPU generator),
-    so a batch's images do not depend on the device index, the rank or the order of batches."""
+    so a batch's images do not depend on the device index, the rank or the order of batches.
+    A context manager: leaving it removes the hooks from the teacher."""
 
     def __init__(
         self,
@@ -141,14 +170,28 @@ class InversionEngine:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
         self.in_chans = len(mean)
+        self.noise_levels = None
+        if settings.weights.form == "normalized":
+            size = settings.teacher_resolution or settings.schedule[-1][0]
+            levels = settings.bn_noise_levels or bn_noise_levels(self.probe, self.in_chans, size, device)
+            self.noise_levels = torch.tensor(levels, device=device)
         # One graph for teacher forward, hooks and loss terms; the jitter stays outside so that the
         # graph's input shape is fixed per stage (one compilation per resolution).
         self._loss_terms = torch.compile(self._forward_loss) if settings.compile else self._forward_loss
 
+    def __enter__(self) -> InversionEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.probe.remove()
+
     def _forward_loss(self, jittered: Tensor, labels: Tensor) -> dict[str, Tensor]:
         with self._autocast():
             logits, embedding, bn_terms = self.probe(jittered)
-        return objective(logits, embedding, bn_terms, jittered, labels, self.settings.weights)
+        return objective(logits, embedding, bn_terms, jittered, labels, self.settings.weights, self.noise_levels)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
@@ -174,6 +217,11 @@ class InversionEngine:
                     "with a 10x lower learning rate; lower --lr or the loss weights"
                 ) from None
 
+    def teacher_view_size(self, resolution: int) -> int:
+        """The size the teacher sees during a stage optimised at `resolution`."""
+        s = self.settings
+        return (s.teacher_resolution or s.schedule[-1][0]) if s.multires == "upsample" else resolution
+
     def _invert(self, labels: Tensor, seed: int, lr_scale: float, on_log) -> BatchResult:
         s = self.settings
         generator = torch.Generator().manual_seed(seed)
@@ -190,17 +238,14 @@ class InversionEngine:
                 x = x.contiguous(memory_format=torch.channels_last)
             x = x.detach().requires_grad_(True)
             optimizer = torch.optim.Adam([x], lr=s.lr * lr_scale, betas=(0.5, 0.9), eps=1e-8, fused=True)
-            # All of the stage's jitter and flips drawn up front, from the batch's generator.
-            max_shift = int(resolution * s.jitter_fraction)
-            shifts = torch.randint(-max_shift, max_shift + 1, (iterations, 2), generator=generator).tolist()
-            flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
+            view_size = self.teacher_view_size(resolution)
+            jitter = draw_stage_jitter(generator, iterations, view_size, s.jitter_fraction, s.flip, s.crop_min_scale)
             for it in range(iterations):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(it, iterations, s.lr * lr_scale, s.warmup)
-                jittered = torch.roll(x, shifts=shifts[it], dims=(2, 3)) if max_shift else x
-                if s.flip and flips[it]:
-                    jittered = jittered.flip(3)
-                terms = self._loss_terms(jittered, labels)
+                shown = x if view_size == resolution else self._resize(x, view_size)
+                view = jitter.view(shown, it, view_size)
+                terms = self._teacher_terms(view, labels, resolution)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(terms["total"]).backward()
@@ -224,24 +269,44 @@ class InversionEngine:
         x = x.detach()
         if s.output_resolution and s.output_resolution != x.shape[-1]:
             x = self._resize(x.float(), s.output_resolution)
-        images, target_prob, predicted = self._finish(x, labels)
-        return BatchResult(images, target_prob, predicted, logged, lr_scale)
+        return self._finish(x, labels, logged, lr_scale)
+
+    def _teacher_terms(self, view: Tensor, labels: Tensor, resolution: int) -> dict[str, Tensor]:
+        """The loss terms; a failure of the teacher's forward pass becomes one line naming stage and layer."""
+        try:
+            return self._loss_terms(view, labels)
+        except (SynthesisError, torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the user's teacher can raise anything
+            where = describe_failure(self.probe.model, tuple(view.shape), self.device) or \
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            size = view.shape[-1]
+            raise SynthesisError(f"the teacher failed in the {resolution}px stage (input {size}x{size}) at {where}; "
+                                 "`dfgen teachers --check NAME` lists the sizes it accepts") from None
 
     def _resize(self, x: Tensor, resolution: int) -> Tensor:
-        """Stage change (and output size): the same interpolation for both."""
-        align = {"align_corners": False} if self.settings.upsample == "bilinear" else {}
-        return F.interpolate(x, size=(resolution, resolution), mode=self.settings.upsample, **align)
+        """Stage change, teacher view and output size: the same interpolation for all (antialiased when it
+        shrinks, so a larger last stage is not aliased into the written image)."""
+        if self.settings.upsample == "nearest":
+            return F.interpolate(x, size=(resolution, resolution), mode="nearest")
+        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                             antialias=resolution < x.shape[-1])
 
     @torch.no_grad()
-    def _finish(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _finish(self, x: Tensor, labels: Tensor, logged: dict[str, float], lr_scale: float) -> BatchResult:
         """Quantise to uint8 and re-run the teacher on exactly the pixels that will be written."""
         images = ((x.float() * self.std + self.mean).clamp(0, 1) * 255).round().to(torch.uint8)
         normalised = (images.float() / 255 - self.mean) / self.std
         with self._autocast():
-            logits = self.probe.model(normalised)
-        probs = logits.float().softmax(dim=1)
+            logits = self.probe.model(normalised).float()
+        probs = logits.softmax(dim=1)
         target_prob = probs.gather(1, labels[:, None]).squeeze(1)
-        return images.cpu().contiguous(), target_prob.cpu(), probs.argmax(dim=1).cpu()
+        soft_index = soft_logit = None
+        if self.settings.soft_topk:
+            top = logits.topk(min(self.settings.soft_topk, logits.shape[1]), dim=1)
+            soft_index, soft_logit = top.indices.cpu(), top.values.cpu()
+        return BatchResult(images.cpu().contiguous(), target_prob.cpu(), probs.argmax(dim=1).cpu(), logged, lr_scale,
+                           soft_index, soft_logit)
 
 
 class _NonFinite(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +57,23 @@ def bn_layer_loss(mean: Tensor, var: Tensor, running_mean: Tensor, running_var: 
     return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
 
 
-def bn_loss(layer_losses: list[Tensor], first_bn_multiplier: float = 10.0) -> Tensor:
-    """R_BN = sum_l m_l * layer_loss_l with m = first_bn_multiplier for the first BN layer, 1 after."""
+def bn_loss(layer_losses: list[Tensor], first_bn_multiplier: float = 10.0,
+            noise_levels: Tensor | None = None) -> Tensor:
+    """R_BN = sum_l m_l * layer_loss_l with m = first_bn_multiplier for the first BN layer, 1 after (the paper).
+
+    With `noise_levels` (each layer's loss on Gaussian noise, measured once per teacher): the weighted mean over
+    layers of layer_loss_l / noise_level_l, which is 1 on noise for every teacher, however many and however wide
+    its BN layers (the "normalized" objective, docs/design.md)."""
     if not layer_losses:
         raise ValueError("no BatchNorm statistics were recorded")
-    return first_bn_multiplier * layer_losses[0] + sum(layer_losses[1:], torch.zeros_like(layer_losses[0]))
+    losses = torch.stack([v.float() for v in layer_losses])
+    multipliers = torch.ones_like(losses)
+    multipliers[0] = first_bn_multiplier
+    if noise_levels is None:
+        return (multipliers * losses).sum()
+    if noise_levels.numel() != losses.numel():
+        raise ValueError(f"{noise_levels.numel()} noise levels for {losses.numel()} BatchNorm layers")
+    return (multipliers * losses / noise_levels.to(losses)).sum() / multipliers.sum()
 
 
 def _neighbour_differences(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -73,12 +86,15 @@ def _neighbour_differences(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     )
 
 
-def tv_l2(x: Tensor) -> Tensor:
+def tv_l2(x: Tensor, per_element: bool = False) -> Tensor:
     """Sum over the four directions of the L2 norm of the whole batch's neighbour differences.
 
-    Taken over the batch (not per image), as in the DeepInversion reference, whose weight 1e-4 was
-    tuned for this form."""
-    return sum(torch.linalg.vector_norm(d) for d in _neighbour_differences(x))
+    Taken over the batch (not per image), as in the DeepInversion reference, whose weight 1e-4 was tuned for this
+    form at 224 px and batch 128: its size grows with batch and image size. `per_element` divides each norm by the
+    square root of its element count (an RMS), the same for any batch or image size."""
+    norms = [torch.linalg.vector_norm(d) / (math.sqrt(d.numel()) if per_element else 1.0)
+             for d in _neighbour_differences(x)]
+    return sum(norms)
 
 
 def tv_l1(x: Tensor) -> Tensor:
@@ -86,9 +102,10 @@ def tv_l1(x: Tensor) -> Tensor:
     return sum(d.abs().mean() for d in _neighbour_differences(x))
 
 
-def l2_prior(x: Tensor) -> Tensor:
-    """Mean over images of ||x_i||_2."""
-    return torch.linalg.vector_norm(x.flatten(1), dim=1).mean()
+def l2_prior(x: Tensor, per_element: bool = False) -> Tensor:
+    """Mean over images of ||x_i||_2 (`per_element`: of the RMS of x_i, the same for any image size)."""
+    norms = torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return (norms / math.sqrt(x[0].numel()) if per_element else norms).mean()
 
 
 def pairwise_distances(embeddings: Tensor) -> Tensor:
@@ -152,3 +169,20 @@ def triplet_loss(distances: Tensor, mining: Mining, margin: float = 0.5) -> Tens
     anchors = torch.arange(distances.shape[0], device=distances.device)
     hinge = F.relu(distances[anchors, mining.hard_positive] - distances[anchors, mining.hard_negative] + margin)
     return _masked_mean(hinge, mining.has_positive & mining.has_negative)
+
+
+def diversity_terms(embedding: Tensor, labels: Tensor, reach: float | None, margin: float) -> dict[str, Tensor]:
+    """Both boundary-preserving terms from one mining, plus the share of anchors on which each is active
+    (pushing or pulling): a term active on no anchor does nothing, one active on all of them never settles."""
+    distances = pairwise_distances(embedding)
+    mining = mine(distances, labels)
+    anchors = torch.arange(distances.shape[0], device=distances.device)
+    nearest = distances[anchors, mining.easy_positive].detach()
+    ep_active = torch.ones_like(nearest) if reach is None else (nearest < reach).float()
+    gap = distances[anchors, mining.hard_positive] - distances[anchors, mining.hard_negative] + margin
+    return {
+        "ep": easy_positive_loss(distances, mining, reach),
+        "triplet": triplet_loss(distances, mining, margin),
+        "ep_active": _masked_mean(ep_active, mining.has_positive),
+        "triplet_active": _masked_mean((gap.detach() > 0).float(), mining.has_positive & mining.has_negative),
+    }

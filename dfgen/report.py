@@ -185,8 +185,10 @@ def _measure_dataset(
     grid_dir: Path,
     grid_classes: set[int],
     quiet: bool,
+    judge: Teacher | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path], list[float]]:
-    """Per class: decode the sample, run LPIPS over sampled pairs and the teacher over every image."""
+    """Per class: decode the sample, run LPIPS over sampled pairs and the teacher (and the judge) over every
+    image."""
     names = info.class_names
     lpips_values: dict[int, list[float]] = {}
     feature_values: dict[int, list[float]] = {}
@@ -197,10 +199,13 @@ def _measure_dataset(
     grids: dict[str, Path] = {}
     decoded = pairs_done = 0
     decode_s = lpips_s = teacher_s = 0.0
-    runner = None
+    runner = judge_runner = None
+    judged_ok, judge_features = 0, {}
     if teacher is not None:
         mean, std = _data_config(info, teacher)
         runner = TeacherRunner(teacher, mean, std, device)
+    if judge is not None:  # a network synthesis never used: its own normalization
+        judge_runner = TeacherRunner(judge, judge.mean, judge.std, device)
     try:
         bar = tqdm(scan.samples.items(), total=len(scan.samples), desc=f"{name}: measure", unit="class",
                    disable=quiet, dynamic_ncols=True)
@@ -228,14 +233,21 @@ def _measure_dataset(
                 if distance is not None:
                     feature_values[label] = [distance]
                 teacher_s += time.perf_counter() - start
+            if judge_runner is not None:
+                outputs = judge_runner.run(images, [label] * len(images))
+                judged_ok += int((outputs.predicted == label).sum())
+                distance = mean_pairwise_distance(outputs.features)
+                if distance is not None:
+                    judge_features[label] = [distance]
             if label in grid_classes:
                 path = grid_dir / f"class-{label:05d}.png"
                 grid_image(arrays[:GRID_IMAGES]).save(path, optimize=True)
                 grids[names[label]] = path
             del images, arrays  # at most one class's decoded sample is held at a time
     finally:
-        if runner is not None:
-            runner.close()
+        for each in (runner, judge_runner):
+            if each is not None:
+                each.close()
 
     entry: dict[str, Any] = {
         "lpips_intra_class": None,
@@ -257,6 +269,14 @@ def _measure_dataset(
         entry["feature_diversity"] = {
             **aggregate(feature_values, names),
             "metric": "mean Euclidean distance of L2-normalized penultimate features over all same-class pairs",
+        }
+    if judge_runner is not None:
+        entry["judge"] = {
+            "name": judge.name,
+            "top1": judged_ok / decoded if decoded else None,
+            "feature_diversity": aggregate(judge_features, names)["mean"],
+            "per_class_feature_diversity": aggregate(judge_features, names)["per_class"],
+            "metric": "the judge's top-1 on the images and the same feature diversity in its embedding",
         }
     entry["timings"] = {"decode_s": decode_s, "lpips_s": lpips_s, "teacher_s": teacher_s,
                         "lpips_pairs": pairs_done}
@@ -299,6 +319,7 @@ def make_report(
     teacher: str | Teacher | None = None,
     grid_classes: int = GRID_CLASSES,
     quiet: bool = False,
+    judge: Teacher | None = None,
 ) -> dict[str, Any]:
     """Measure one or more dataset directories and write `out/report.json`, `out/report.html` and the
     plots (`out/*.png`, per-class grids under `out/grids/`). Returns the content of report.json.
@@ -312,6 +333,9 @@ def make_report(
     teacher_weights: local weights file for the teacher named in dataset.json (or for `teacher`).
     teacher: a teacher name (or a loaded Teacher) to use instead of dataset.json's; needed for
         agreement and feature diversity on real datasets, which record no teacher.
+    judge: a second network (dfgen.teachers.load_teacher) that synthesis did not use, e.g. one trained on real
+        data: its top-1 on the images and the feature diversity in its embedding, which the diversity losses did
+        not optimise (the teacher-feature figure can be gamed by the loss that optimises it).
 
     User errors (missing dataset.json, damaged shards, LPIPS backbone not available offline, ...)
     raise DfgenError with a message that names the file."""
@@ -357,7 +381,7 @@ def make_report(
         grid_dir.mkdir(parents=True, exist_ok=True)
         measured, grids, probs = _measure_dataset(
             info, name, scan, model, lpips_model, torch_device, pairs_per_class, seed, grid_dir,
-            set(grid_class_indices(info.num_classes, grid_classes)), quiet,
+            set(grid_class_indices(info.num_classes, grid_classes)), quiet, judge,
         )
         all_grids[name] = grids
         if model is not None:
@@ -369,6 +393,7 @@ def make_report(
             "kind": meta.get("kind"),
             "teacher": teacher_entry,
             "diversity": meta.get("diversity"),
+            "derived": meta.get("derived"),
             "seed": meta.get("seed"),
             "schedule": meta.get("schedule"),
             "n": scan.images_scanned,
@@ -404,15 +429,17 @@ def make_report(
         "settings": {"pairs_per_class": pairs_per_class, "images_per_class": images_per_class,
                      "lpips_net": lpips_net, "device": str(torch_device), "seed": seed,
                      "teacher": teacher.source if isinstance(teacher, Teacher) else teacher,
-                     "teacher_weights": None if teacher_weights is None else str(teacher_weights)},
+                     "teacher_weights": None if teacher_weights is None else str(teacher_weights),
+                     "judge": None if judge is None else judge.source},
         "datasets": entries,
         "plots": {key: str(path.relative_to(out)) for key, path in plots.items()},
     }
     if len(entries) > 1:
         report["comparison"] = {
-            key: {e["name"]: (e[key] or {}).get(field) for e in entries}
+            key if key != "judge" else f"judge_{field}": {e["name"]: (e.get(key) or {}).get(field) for e in entries}
             for key, field in (("lpips_intra_class", "mean"), ("feature_diversity", "mean"),
-                               ("teacher_agreement", "top1"), ("teacher_agreement", "mean_target_prob"))
+                               ("teacher_agreement", "top1"), ("teacher_agreement", "mean_target_prob"),
+                               ("judge", "feature_diversity"), ("judge", "top1"))
         }
     report["seconds"] = time.perf_counter() - start_all
     write_html(report, out, plots, all_grids)

@@ -25,14 +25,31 @@ import click
               help="Teacher to use instead of the one in dataset.json (needed for agreement on real datasets).")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
               help="Local weights file for the teacher (when its weights cannot be downloaded).")
+@click.option("--judge", default=None, help="A second network synthesis did not use (e.g. one trained on real data; "
+              "any teacher name form): its top-1 on the images and the feature diversity in its embedding, which the "
+              "diversity losses did not optimise.")
+@click.option("--judge-weights", type=click.Path(dir_okay=False), default=None, help="Weights file of the judge.")
+@click.option("--judge-kwargs", default=None, metavar="MAPPING", help="Arguments of the judge's factory.")
+@click.option("--judge-image-size", type=click.IntRange(min=1), default=None, help="The judge's input size.")
+@click.option("--judge-mean", default=None, metavar="M1,M2,M3", help="The judge's normalization mean.")
+@click.option("--judge-std", default=None, metavar="S1,S2,S3", help="The judge's normalization std.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, seed, teacher, teacher_weights,
-           quiet) -> None:
+           judge, judge_weights, judge_kwargs, judge_image_size, judge_mean, judge_std, quiet) -> None:
     """Measure datasets (LPIPS diversity, teacher agreement, feature diversity, shard checks) and write
     OUT/report.json, a self-contained OUT/report.html and the plots. Several datasets are compared side
     by side."""
+    from dfgen.config import parse_floats, parse_kwargs
     from dfgen.report import make_report
+    from dfgen.teachers import load_teacher
 
+    if judge is None and any(v is not None for v in (judge_weights, judge_kwargs, judge_image_size, judge_mean,
+                                                        judge_std)):
+        raise click.UsageError("the --judge-* options need --judge NAME")
+    judge_model = None if judge is None else load_teacher(
+        judge, judge_weights, kwargs=parse_kwargs(judge_kwargs, "--judge-kwargs"), image_size=judge_image_size,
+        mean=parse_floats(judge_mean, "--judge-mean"), std=parse_floats(judge_std, "--judge-std"),
+        require_batchnorm=False)  # the judge only embeds and classifies
     result = make_report(
         [Path(d) for d in datasets],
         Path(out),
@@ -44,6 +61,7 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
         teacher_weights=teacher_weights,
         teacher=teacher,
         quiet=quiet,
+        judge=judge_model,
     )
     for entry in result["datasets"]:
         lp = (entry["lpips_intra_class"] or {}).get("mean")
@@ -53,6 +71,8 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
             f"{entry['name']}: {entry['images_scanned']} images, {entry['shards']['checked']} shard(s) verified, "
             f"LPIPS {_fmt(lp)}, feature diversity {_fmt(fd)}, teacher top-1 {_fmt(ag.get('top1'))}, "
             f"mean target prob {_fmt(ag.get('mean_target_prob'))}"
+            + (f", judge top-1 {_fmt(entry['judge']['top1'])}, judge feature diversity "
+               f"{_fmt(entry['judge']['feature_diversity'])}" if entry.get("judge") else "")
         )
     click.echo(f"wrote {Path(out) / 'report.html'}")
 

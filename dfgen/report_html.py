@@ -138,6 +138,20 @@ PLOT_TITLES = {
     "teacher_target_prob": "Teacher's probability of the target class (sampled images)",
 }
 
+def _derived_flip(derived: dict | None) -> str | None:
+    if not derived or not derived.get("flip"):
+        return None
+    flip, probe = derived["flip"], derived.get("probe") or {}
+    kept = f", mirrored probe images kept their class {probe['mirror_kept']:.0%}" if "mirror_kept" in probe else ""
+    return f"{'on' if flip['value'] else 'off'} (asked: {flip['requested']}{kept})"
+
+
+def _derived_pair(derived: dict | None) -> str | None:
+    if not derived or not derived.get("ep_reach"):
+        return None
+    return f"{derived['ep_reach']['value']} / {derived['margin']['value']} (asked: {derived['ep_reach']['requested']})"
+
+
 # (label, function of a dataset entry) for the summary / comparison table
 SUMMARY_ROWS: list[tuple[str, Any]] = [
     ("path", lambda d: d["path"]),
@@ -156,6 +170,10 @@ SUMMARY_ROWS: list[tuple[str, Any]] = [
     ("feature diversity (mean)", lambda d: (d.get("feature_diversity") or {}).get("mean")),
     ("teacher top-1 agreement", lambda d: (d.get("teacher_agreement") or {}).get("top1")),
     ("teacher mean target prob", lambda d: (d.get("teacher_agreement") or {}).get("mean_target_prob")),
+    ("judge top-1 (a network synthesis did not use)", lambda d: (d.get("judge") or {}).get("top1")),
+    ("feature diversity in the judge's embedding", lambda d: (d.get("judge") or {}).get("feature_diversity")),
+    ("flips (decided from the teacher)", lambda d: _derived_flip(d.get("derived"))),
+    ("reach / margin", lambda d: _derived_pair(d.get("derived"))),
     ("seconds", lambda d: d["timings"]["total_s"]),
 ]
 

@@ -22,10 +22,21 @@ import torch
 from tqdm.auto import tqdm
 
 from dfgen import __version__
-from dfgen.config import SynthesisConfig, config_fingerprint, format_schedule
+from dfgen.calibration import (
+    ProbeFigures,
+    apply_probe,
+    describe_probe,
+    figures_from_record,
+    needs_probe,
+    probe_labels,
+    probe_schedule,
+    run_probe,
+)
+from dfgen.config import LossWeights, SynthesisConfig, config_fingerprint, default_schedule, format_schedule
 from dfgen.errors import DfgenError
-from dfgen.inversion import EngineSettings, InversionEngine
+from dfgen.inversion import EngineSettings, InversionEngine, TeacherProbe, bn_noise_levels
 from dfgen.plan import LabelPlan
+from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.shards import (
     TMP_MARK,
     Sample,
@@ -57,6 +68,13 @@ class RunPlan:
     precision: str
     rank: int
     world_size: int
+    multires: str = "native"  # resolved (dfgen.resolutions)
+    accepted: dict[int, str | None] = dataclasses.field(default_factory=dict)  # size -> why rejected
+    # Settings derived from the teacher by the probe (dfgen.calibration); None until derive_settings() ran.
+    flip: bool | None = None
+    weights: LossWeights | None = None
+    probe: ProbeFigures | None = None
+    noise_levels: list[float] | None = None  # normalized objective: each BN layer's loss on noise
 
     @property
     def out(self) -> Path:
@@ -64,6 +82,14 @@ class RunPlan:
 
     def content(self) -> dict[str, Any]:
         """What decides the images: compared with config.json of an existing output directory."""
+        content = self.requested_content()
+        if self.weights is None:
+            raise RuntimeError("derive_settings() must run before content()")
+        content.update(flip=self.flip, multires=self.multires, losses=dataclasses.asdict(self.weights))
+        return content
+
+    def requested_content(self) -> dict[str, Any]:
+        """The content as asked for, "auto" values unresolved: the probe's identity."""
         content = self.config.content_fields()
         content.pop("teacher_weights")  # the path does not matter, the weights' hash does
         content.update(
@@ -125,7 +151,7 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None) -> RunPlan:
         raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "
                          f"{teacher.num_classes} classes")
     resolution = teacher.resolution
-    schedule = config.schedule or [(max(1, resolution // 2), 2000), (resolution, 2000)]
+    schedule = config.schedule or default_schedule(resolution)
     classes_per_batch = config.classes_per_batch or min(teacher.num_classes, 32)
     if classes_per_batch > teacher.num_classes:
         raise DfgenError(
@@ -146,7 +172,57 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None) -> RunPlan:
         seed=config.seed,
         shard_size=shard_size,
     )
-    return RunPlan(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world)
+    accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule] + [resolution])
+    multires = resolve_multires(config.multires, schedule, resolution, accepted, teacher.name)
+    return RunPlan(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world,
+                   multires=multires, accepted=accepted)
+
+
+def derive_settings(run: RunPlan, recorded: dict[str, Any] | None = None, log: bool = True) -> RunPlan:
+    """Fill in what is derived from the teacher (flips, reach, margin) with the probe (dfgen.calibration). A probe
+    `recorded` in config.json for the same requested content is reused, not run again."""
+    key = config_fingerprint(run.requested_content())
+    if run.config.effective_losses.form == "normalized":
+        run.noise_levels = teacher_noise_levels(run)
+    figures, probed = None, False
+    if needs_probe(run.config.flip, run.config.effective_losses):
+        if recorded and recorded.get("key") == key:
+            figures = figures_from_record(recorded.get("probe"))
+        if figures is None:
+            figures, probed = run_probe(run.teacher.model, run.teacher.mean, run.teacher.std,
+                                        engine_settings(run, run.config.effective_losses, flip=False), run.plan,
+                                        run.device), True
+    run.flip, run.weights = apply_probe(run.config.flip, run.config.effective_losses, figures)
+    run.probe = figures
+    if probed and log:
+        prefix = f"[rank {run.rank}/{run.world_size}] " if run.world_size > 1 else ""
+        _log(prefix + describe_probe(figures, run.flip, run.weights))
+    return run
+
+
+def teacher_noise_levels(run: RunPlan) -> list[float]:
+    """Each BN layer's loss on noise at the teacher's size: the units of the normalized BN term."""
+    probe = TeacherProbe(run.teacher.model.to(run.device).eval())
+    try:
+        return bn_noise_levels(probe, run.teacher.in_chans, run.teacher.resolution, run.device)
+    finally:
+        probe.remove()
+
+
+def derived_record(run: RunPlan) -> dict[str, Any]:
+    """config.json's "derived" entry: what was decided from the teacher, and from which request."""
+    return {
+        "key": config_fingerprint(run.requested_content()),
+        "schedule": {"requested": format_schedule(run.config.schedule) if run.config.schedule else None,
+                     "value": format_schedule(run.schedule)},
+        "multires": run.multires,
+        "accepted_resolutions": {str(k): v or "ok" for k, v in sorted(run.accepted.items())},
+        "flip": {"requested": run.config.flip, "value": run.flip},
+        "ep_reach": {"requested": run.config.losses.ep_reach, "value": run.weights.ep_reach},
+        "margin": {"requested": run.config.losses.margin, "value": run.weights.margin},
+        "probe": dataclasses.asdict(run.probe) if run.probe is not None else None,
+        "bn_noise_levels": run.noise_levels,
+    }
 
 
 def _prepare_out_dir(run: RunPlan) -> None:
@@ -180,7 +256,8 @@ def _prepare_out_dir(run: RunPlan) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         config_path,
-        {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run)},
+        {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run),
+         "derived": derived_record(run)},
     )
     (out / "shards").mkdir(exist_ok=True)
 
@@ -190,6 +267,7 @@ def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: 
     plan = run.plan
     samples: list[Sample] = []
     totals, target_probs, agreements, retries = [], [], [], 0
+    activity: dict[str, list[float]] = {"ep_active": [], "triplet_active": []}
     for batch in plan.shard_batches(shard):
         indices = plan.batch_range(batch)
         labels = torch.as_tensor(plan.labels(indices))
@@ -203,28 +281,22 @@ def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: 
         retries += result.lr_scale != 1.0
         losses = {k: round(v, 6) for k, v in result.losses.items()}
         totals.append(result.losses["total"])
+        for key, values in activity.items():
+            if key in result.losses:
+                values.append(result.losses[key])
         for j, index in enumerate(indices):
             label = int(labels[j])
             prob = float(result.target_prob[j])
             predicted = int(result.predicted[j])
             target_probs.append(prob)
             agreements.append(predicted == label)
-            samples.append(
-                Sample(
-                    key=image_key(index),
-                    image=encode_image(result.images[j].numpy(), run.config.format, run.config.quality),
-                    label=label,
-                    meta={
-                        "index": index,
-                        "label": label,
-                        "batch": batch,
-                        "seed": seed,
-                        "target_prob": round(prob, 6),
-                        "predicted": predicted,
-                        "losses": losses,
-                    },
-                )
-            )
+            meta = {"index": index, "label": label, "batch": batch, "seed": seed, "target_prob": round(prob, 6),
+                    "predicted": predicted, "losses": losses}
+            if result.soft_index is not None:  # the teacher's top-k logits on the written image
+                meta["soft"] = {"index": result.soft_index[j].tolist(),
+                                "logit": [round(float(v), 4) for v in result.soft_logit[j]]}
+            image = encode_image(result.images[j].numpy(), run.config.format, run.config.quality)
+            samples.append(Sample(key=image_key(index), image=image, label=label, meta=meta))
         if progress is not None:
             progress.update(len(indices))
     stats = {
@@ -235,27 +307,38 @@ def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: 
             "target_prob_mean": float(np.mean(target_probs)),
             "agreement": float(np.mean(agreements)),
             "retried_batches": int(retries),
+            # share of anchors on which each diversity term pushed or pulled, at each batch's last log
+            **{key: float(np.mean(values)) for key, values in activity.items() if values},
         },
     }
     return samples, stats
 
 
-def engine_for(run: RunPlan) -> InversionEngine:
+def engine_settings(run: RunPlan, weights: LossWeights, flip: bool) -> EngineSettings:
     c = run.config
-    settings = EngineSettings(
+    return EngineSettings(
         schedule=run.schedule,
-        weights=c.effective_losses,
+        weights=weights,
+        teacher_resolution=run.teacher.resolution,
         lr=c.lr,
         warmup=c.warmup,
         upsample=c.upsample,
         jitter_fraction=c.jitter_fraction,
-        flip=c.flip,
+        flip=flip,
+        multires=run.multires,
+        crop_min_scale=c.crop_min_scale,
         precision=run.precision,
         log_every=c.log_every,
         channels_last=run.device.type == "cuda",
         compile=c.compile,
         output_resolution=run.teacher.resolution,
+        soft_topk=c.soft_topk,
+        bn_noise_levels=run.noise_levels,
     )
+
+
+def engine_for(run: RunPlan) -> InversionEngine:
+    settings = engine_settings(run, run.weights, run.flip)
     return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device)
 
 
@@ -285,6 +368,7 @@ def synthesize(
         config = dataclasses.replace(config, **overrides)
     start = time.perf_counter()
     run = prepare(config, teacher)
+    derive_settings(run, _recorded_derivation(run.out))
     _prepare_out_dir(run)
     out = run.out
     mine = run.my_shards()
@@ -298,10 +382,9 @@ def synthesize(
     else:
         if skipped:
             _log(f"{prefix}resuming: {len(skipped)} shard(s) already done, {len(todo)} to make")
-        engine = engine_for(run)
         total = sum(len(run.plan.shard_range(k)) for k in todo)
         progress = tqdm(total=total, unit="img", desc=f"{prefix}synthesize", disable=config.quiet, dynamic_ncols=True)
-        try:
+        with engine_for(run) as engine, progress:
             for shard in todo:
                 shard_start = time.perf_counter()
                 samples, stats = _shard_samples(run, engine, shard, None if config.quiet else progress)
@@ -309,14 +392,19 @@ def synthesize(
                 sidecar = write_shard(out, shard, samples, config.format, stats)
                 if config.quiet:
                     _log(f"{prefix}shard {shard} done: {sidecar['count']} images, "
-                                 f"agreement {stats['loss']['agreement']:.3f}, {stats['seconds']:.1f}s")
-        finally:
-            progress.close()
-            engine.probe.remove()
+                         f"agreement {stats['loss']['agreement']:.3f}, {stats['seconds']:.1f}s")
     complete = finalize(out)
     if complete and todo:
         _log(f"{prefix}dataset complete: {run.plan.n} images in {run.plan.num_shards} shard(s) at {out}")
     return SynthesisResult(out, todo, skipped, complete, time.perf_counter() - start)
+
+
+def _recorded_derivation(out: Path) -> dict[str, Any] | None:
+    """The "derived" entry of an existing config.json (a resume or another rank reuses its probe)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text()).get("derived")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def plan_from_description(description: dict[str, Any]) -> LabelPlan:
@@ -384,10 +472,14 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
         "images_per_class": plan.images_per_class,
         "seed": c.seed,
         "schedule": format_schedule(run.schedule),
-        "losses": dataclasses.asdict(c.effective_losses),
+        "losses": dataclasses.asdict(run.weights),
         "diversity": not c.no_diversity,
         "optimizer": {"lr": c.lr, "warmup": c.warmup, "betas": [0.5, 0.9], "upsample": c.upsample,
-                      "jitter_fraction": c.jitter_fraction, "flip": c.flip, "kept": "last iterate"},
+                      "jitter_fraction": c.jitter_fraction, "flip": run.flip, "multires": run.multires,
+                      "crop_min_scale": c.crop_min_scale, "kept": "last iterate"},
+        "derived": derived_record(run),
+        "soft_labels": {"k": min(c.soft_topk, teacher.num_classes), "of": "teacher logits on the written image"}
+        if c.soft_topk else None,
         "precision": run.precision,
         "format": c.format,
         "quality": None if c.format == "png" else c.quality,
@@ -404,6 +496,7 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
     note = "" if config.teacher_weights else " (timed with random weights: the cost does not depend on them)"
     run = prepare(config, teacher)
     plan = run.plan
+    probe_note = _assume_probe_defaults(run)
     seconds_per_image, bytes_per_image, calib_batch = _calibrate(run)
     lines = [
         f"teacher      {teacher.name} ({teacher.source}), {teacher.num_classes} classes, input {teacher.input_size}",
@@ -426,17 +519,35 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
         f"{1 / seconds_per_image:.3g} images/s per process{note} (calibrated on a batch of {calib_batch})",
         f"output       {run.out}",
     ]
+    if probe_note:
+        lines.insert(3, probe_note)
     return "\n".join(lines)
+
+
+def _assume_probe_defaults(run: RunPlan) -> str | None:
+    """For a plan, settings left to the probe take stand-in values (they do not change the cost); returns the line
+    that says so, or None when nothing is left to the probe."""
+    c = run.config
+    weights = c.effective_losses
+    if not needs_probe(c.flip, weights):
+        run.flip, run.weights = apply_probe(c.flip, weights, None)
+        return None
+    stand_in = ProbeFigures(images=0, iterations=0, seconds=0.0, agreement=1.0, mirror_kept=1.0, mirror_prob_drop=0.0,
+                            negative_distance=1.0, positive_distance=0.0)
+    run.flip, run.weights = apply_probe(c.flip, weights, stand_in)
+    labels = probe_labels(run.plan)
+    iterations = sum(i for _, i in probe_schedule(run.schedule))
+    return (f"probe        flips/reach/margin set to auto: decided at start by inverting {len(labels)} images for "
+            f"{iterations} iterations on each rank")
 
 
 def _calibrate(run: RunPlan, iterations: int = 1) -> tuple[float, float, int]:
     """Time a few iterations per stage resolution on a small batch: (seconds per image, bytes per image)."""
-    engine = engine_for(run)
     batch = min(run.plan.batch_size, 2)
     labels = torch.arange(batch) % run.plan.num_classes
     seconds_per_image = 0.0
     encoded: list[int] = []
-    try:
+    with engine_for(run) as engine:
         for resolution, stage_iterations in run.schedule:
             engine.settings.schedule = [(resolution, iterations)]
             engine.settings.log_every = 0
@@ -446,8 +557,6 @@ def _calibrate(run: RunPlan, iterations: int = 1) -> tuple[float, float, int]:
             elapsed = time.perf_counter() - start
             seconds_per_image += elapsed / (iterations * batch) * stage_iterations
         encoded = [len(encode_image(img.numpy(), run.config.format, run.config.quality)) for img in result.images]
-    finally:
-        engine.probe.remove()
     return seconds_per_image, float(np.mean(encoded)), batch
 
 

@@ -537,6 +537,7 @@ def load_teacher(
     mean: str | list[float] | tuple[float, ...] | None = None,
     std: str | list[float] | tuple[float, ...] | None = None,
     use_ema: bool = False,
+    require_batchnorm: bool = True,
 ) -> Teacher:
     """Resolve `name` and return the frozen teacher in eval mode on `device`.
 
@@ -588,7 +589,7 @@ def load_teacher(
                          "or your own model as path/to/models.py:factory or package.module:factory)")
 
     model.eval().requires_grad_(False)
-    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+    if require_batchnorm and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise DfgenError(
             f"teacher {name} has no BatchNorm2d layers; DeepInversion matches BatchNorm statistics, so it needs a "
             "CNN with BatchNorm (e.g. a ResNet or RegNet)"
@@ -704,7 +705,30 @@ def describe_teacher(teacher: Teacher) -> tuple[str, bool]:
     except Exception as exc:  # the check exists to find this: say it, do not crash
         ok = False
         lines.append(f"forward       FAILED at {height}x{width}: {type(exc).__name__}: {_first_line(exc)}")
+    lines.append("resolutions   " + describe_resolutions(teacher))
     return "\n".join(lines), ok
+
+
+def describe_resolutions(teacher: Teacher) -> str:
+    """Which of the default schedule's stage sizes the teacher accepts, and what multi-resolution synthesis will do
+    about it."""
+    from dfgen.config import default_schedule, format_schedule
+    from dfgen.resolutions import accepted_resolutions
+
+    size = teacher.resolution
+    schedule = default_schedule(size)
+    device = next(teacher.model.parameters()).device
+    accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule], device)
+    if accepted[size] is not None:
+        return f"{size} REJECTED ({accepted[size]}): no schedule can run; pass --image-size with its training size"
+    rejected = {res: why for res, why in accepted.items() if why is not None}
+    if not rejected:
+        return (f"{', '.join(map(str, sorted(accepted)))} accepted: the default schedule {format_schedule(schedule)} "
+                "runs each stage natively")
+    res, why = min(rejected.items())
+    listed = ", ".join(map(str, sorted(rejected)))
+    return (f"{size} accepted; {listed} rejected ({res}: {why}): stages below {size} are optimised at their size "
+            f"and shown to the teacher upsampled to {size} (--multires upsample, chosen automatically)")
 
 
 def _default_weights(teacher: Teacher) -> str:

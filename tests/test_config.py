@@ -59,3 +59,26 @@ def test_no_diversity_zeroes_only_the_diversity_weights():
     assert config.content_fields() != SynthesisConfig().content_fields()
     # run-only options do not change what is made
     assert SynthesisConfig(quiet=True, device="cpu").content_fields() == SynthesisConfig().content_fields()
+
+
+def test_reach_margin_and_flip_values():
+    import pytest
+
+    from dfgen.config import LossWeights, SynthesisConfig, parse_flip
+    from dfgen.errors import DfgenError
+
+    assert LossWeights(ep_reach="auto", margin="AUTO").margin == "auto"
+    assert LossWeights(ep_reach=None).ep_reach is None  # the unbounded form, from the API or YAML null
+    assert LossWeights(ep_reach="0.25").ep_reach == 0.25
+    assert LossWeights(ep_reach=3.0).ep_reach == 2.0  # distances are at most 2: adjusted with a note
+    with pytest.raises(DfgenError, match="--ep 0"):
+        LossWeights(ep_reach=0)
+    with pytest.raises(DfgenError, match="number or auto"):
+        LossWeights(margin="wide")
+    with pytest.raises(DfgenError, match="loss form"):
+        LossWeights(form="squared")
+    assert [parse_flip(v) for v in ("on", "off", "auto", True, False)] == [True, False, "auto", True, False]
+    with pytest.raises(DfgenError, match="on, off or auto"):
+        parse_flip("sometimes")
+    with pytest.raises(DfgenError, match="multires"):
+        SynthesisConfig(multires="sideways")

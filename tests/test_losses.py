@@ -168,13 +168,13 @@ def test_objective_weights_and_total():
     emb = torch.randn(4, 5)
     x = torch.randn(4, 1, 6, 6)
     bn_terms = [torch.tensor(1.0), torch.tensor(2.0)]
-    w = LossWeights(tv_l2=0.1, tv_l1=0.2, l2=0.3, bn=0.4, first_bn_multiplier=10, ep=5, triplet=0.5, margin=0.5)
+    w = LossWeights.paper(tv_l2=0.1, tv_l1=0.2, l2=0.3, bn=0.4, first_bn_multiplier=10, ep=5, triplet=0.5, margin=0.5)
     t = objective(logits, emb, bn_terms, x, labels, w)
     assert t["bn"].item() == pytest.approx(12.0)
     expected = (t["ce"] + 0.1 * t["tv_l2"] + 0.2 * t["tv_l1"] + 0.3 * t["l2"] + 0.4 * t["bn"]
                 + 5 * t["ep"] + 0.5 * t["triplet"])
     assert t["total"].item() == pytest.approx(expected.item())
-    plain = objective(logits, emb, bn_terms, x, labels, LossWeights(ep=0, triplet=0, tv_l1=0))
+    plain = objective(logits, emb, bn_terms, x, labels, LossWeights.paper(ep=0, triplet=0, tv_l1=0))
     assert "ep" not in plain and "tv_l1" not in plain
 
 
@@ -184,3 +184,63 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert lr_at(100, 1000, 0.25, 100) == pytest.approx(0.25)
     assert lr_at(550, 1000, 0.25, 100) == pytest.approx(0.125)
     assert lr_at(1000, 1000, 0.25, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_normalized_bn_loss_is_a_weighted_mean_of_layers_relative_to_noise():
+    layers = [torch.tensor(2.0), torch.tensor(3.0), torch.tensor(4.0)]
+    levels = torch.tensor([4.0, 3.0, 8.0])
+    # (10 * 2/4 + 3/3 + 4/8) / (10 + 1 + 1)
+    assert L.bn_loss(layers, 10, levels).item() == pytest.approx((5.0 + 1.0 + 0.5) / 12)
+    assert L.bn_loss(levels.unbind(), 10, levels).item() == pytest.approx(1.0)  # 1 on noise, for any teacher
+    with pytest.raises(ValueError, match="2 noise levels for 3"):
+        L.bn_loss(layers, 10, levels[:2])
+
+
+def test_per_element_priors_do_not_depend_on_batch_or_image_size():
+    torch.manual_seed(0)
+    small = torch.randn(2, 1, 8, 8)
+    big = small.repeat(4, 3, 4, 4)  # 8 images, 3 channels, tiled 4x4: the same statistics
+    for fn in (L.tv_l2, L.l2_prior):
+        assert fn(big, per_element=True).item() == pytest.approx(fn(small, per_element=True).item(), rel=0.05)
+        assert fn(big).item() > 3 * fn(small).item()  # the paper's form grows with the batch and the image
+    x = torch.tensor([[[[3.0, 4.0]]]])  # one image of 2 pixels: ||x|| = 5, RMS = 5 / sqrt(2)
+    assert L.l2_prior(x, per_element=True).item() == pytest.approx(5 / math.sqrt(2))
+
+
+def test_normalized_objective_needs_noise_levels():
+    w = LossWeights()
+    assert w.form == "normalized" and w.bn == 100.0 and w.tv_l2 == pytest.approx(0.439, abs=1e-3)
+    assert LossWeights.paper().bn == 5e-2 and LossWeights.paper(bn=1.0).bn == 1.0
+    labels = torch.tensor([0, 0, 1, 1])
+    args = (torch.randn(4, 3), torch.randn(4, 5), [torch.tensor(2.0)], torch.randn(4, 1, 6, 6), labels)
+    with pytest.raises(ValueError, match="noise levels"):
+        objective(*args, w)
+    terms = objective(*args, w, torch.tensor([4.0]))
+    assert terms["bn"].item() == pytest.approx(0.5)
+
+
+def test_diversity_terms_report_the_share_of_active_anchors():
+    # 4 images, classes 0,0,1,1 on a line: embeddings at angles so that distances are easy to reason about
+    embedding = torch.tensor([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    terms = L.diversity_terms(embedding, labels, reach=0.3, margin=0.5)
+    d = L.pairwise_distances(embedding)
+    # easy positives: 0<->1 are 0.1 apart (< reach: active); 2<->3 are sqrt(2) apart (inactive)
+    assert terms["ep_active"].item() == pytest.approx(0.5)
+    assert terms["ep"].item() == pytest.approx(((0.3 - d[0, 1]) * 2 / 4).item(), abs=1e-5)
+    gaps = [d[0, 1] - d[0, 2] + 0.5, d[1, 0] - d[1, 2] + 0.5, d[2, 3] - d[2, 1] + 0.5, d[3, 2] - d[3, 1] + 0.5]
+    assert terms["triplet_active"].item() == pytest.approx(sum(float(g > 0) for g in gaps) / 4)
+    unbounded = L.diversity_terms(embedding, labels, reach=None, margin=0.5)
+    assert unbounded["ep_active"].item() == 1.0
+
+
+def test_objective_keeps_activity_out_of_the_total():
+    torch.manual_seed(0)
+    w = LossWeights.paper(tv_l2=0.0, l2=0.0, bn=1.0, ep=2.0, triplet=3.0, margin=0.5, ep_reach=0.3)
+    x = torch.randn(4, 1, 4, 4)
+    logits, embedding = torch.randn(4, 3), torch.randn(4, 5)
+    labels = torch.tensor([0, 0, 1, 1])
+    terms = objective(logits, embedding, [torch.tensor(1.5)], x, labels, w)
+    assert {"ep_active", "triplet_active"} <= set(terms)
+    expected = terms["ce"] + 1.0 * terms["bn"] + 2.0 * terms["ep"] + 3.0 * terms["triplet"]
+    assert terms["total"].item() == pytest.approx(expected.item())

@@ -1,0 +1,140 @@
+"""Defaults derived from the teacher at start-up, so that one set of defaults fits teachers nobody tuned for.
+
+Before synthesis, a short *probe* inverts one batch with plain DeepInversion (no flips, no diversity losses) and
+measures, on the teacher's own images:
+- how often its prediction survives a mirror: flips are on ("auto") only where the teacher is mirror-invariant;
+- the distance from each image to the nearest image of another class, in the normalised penultimate embedding the
+  diversity losses use: the easy-positive reach and the triplet margin ("auto") are fractions of its median, so they
+  mean the same on a small digits net that packs classes tightly and on a large ImageNet net whose classes sit far
+  apart.
+The probe is a pure function of (configuration, seed): every rank and every resume derive the same values, and the
+values are recorded in config.json and dataset.json (docs/design.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfgen import losses as L
+from dfgen.config import AUTO, LossWeights
+from dfgen.inversion import EngineSettings, InversionEngine
+from dfgen.plan import LabelPlan, derive_seed
+
+PROBE_ITERATIONS = 100  # at most, spread over the stages like the schedule
+PROBE_CLASSES = 16  # at most, images_per_class (>= 2) each
+FLIP_KEEP_MIN = 0.9  # flips on when at least this share of the probe images keep their class when mirrored
+# Reach and margin as fractions of the median nearest other-class distance of plain DeepInversion images. Chosen so
+# the bundled digits teacher (median 0.84 on its probe) keeps the values it was tuned with, 0.3 and 0.5.
+REACH_FRACTION = 0.357
+MARGIN_FRACTION = 0.595
+_STREAM_PROBE = 2  # plan.derive_seed stream of the probe batch
+
+
+@dataclass
+class ProbeFigures:
+    """What the probe measured (recorded in config.json / dataset.json)."""
+
+    images: int
+    iterations: int
+    seconds: float
+    agreement: float  # teacher top-1 == target on the probe images
+    mirror_kept: float  # share whose top-1 is unchanged by a horizontal mirror
+    mirror_prob_drop: float  # mean drop of the target probability under the mirror
+    negative_distance: float  # median distance to the nearest image of another class
+    positive_distance: float  # median distance to the nearest image of the same class
+
+
+def probe_schedule(schedule: list[tuple[int, int]], budget: int = PROBE_ITERATIONS) -> list[tuple[int, int]]:
+    """The schedule scaled to at most `budget` iterations in all (each stage at least one)."""
+    total = sum(iters for _, iters in schedule)
+    scale = min(1.0, budget / total)
+    return [(res, max(1, round(iters * scale))) for res, iters in schedule]
+
+
+def probe_labels(plan: LabelPlan) -> torch.Tensor:
+    """Up to PROBE_CLASSES classes (the first of the seed's class order) x images_per_class (>= 2) images."""
+    classes = plan.round_order(0)[:min(PROBE_CLASSES, plan.num_classes)]
+    per_class = max(2, plan.images_per_class)
+    return torch.as_tensor(np.repeat(classes, per_class), dtype=torch.long)
+
+
+def run_probe(model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...], settings: EngineSettings,
+              plan: LabelPlan, device: torch.device) -> ProbeFigures:
+    """Invert the probe batch with plain DeepInversion, no flips, and measure it."""
+    start = time.perf_counter()
+    weights = dataclasses.replace(settings.weights, ep=0.0, triplet=0.0, ep_reach=None, margin=0.0)
+    probe_settings = dataclasses.replace(settings, weights=weights, flip=False, schedule=probe_schedule(
+        settings.schedule), log_every=0, soft_topk=0, crop_min_scale=None)
+    labels = probe_labels(plan)
+    with InversionEngine(model, mean, std, probe_settings, device) as engine:
+        result = engine.invert(labels, derive_seed(plan.seed, _STREAM_PROBE, 0))
+        with torch.no_grad():
+            normalised = (result.images.to(device).float() / 255 - engine.mean) / engine.std
+            logits, embedding, _ = engine.probe(normalised)
+            mirrored = engine.probe.model(normalised.flip(3))
+    labels = labels.to(device)
+    probs, mirrored_probs = logits.float().softmax(1), mirrored.float().softmax(1)
+    target = probs.gather(1, labels[:, None]).squeeze(1)
+    mirrored_target = mirrored_probs.gather(1, labels[:, None]).squeeze(1)
+    distances = L.pairwise_distances(embedding)
+    mining = L.mine(distances, labels)
+    anchors = torch.arange(len(labels), device=device)
+    negative = distances[anchors, mining.hard_negative][mining.has_negative]
+    positive = distances[anchors, mining.easy_positive][mining.has_positive]
+    return ProbeFigures(
+        images=len(labels),
+        iterations=sum(iters for _, iters in probe_settings.schedule),
+        seconds=round(time.perf_counter() - start, 2),
+        agreement=_round(probs.argmax(1).eq(labels).float().mean()),
+        mirror_kept=_round(mirrored_probs.argmax(1).eq(probs.argmax(1)).float().mean()),
+        mirror_prob_drop=_round((target - mirrored_target).mean()),
+        negative_distance=_round(negative.median()) if negative.numel() else 0.0,
+        positive_distance=_round(positive.median()) if positive.numel() else 0.0,
+    )
+
+
+def _round(value: torch.Tensor | float, digits: int = 4) -> float:
+    return round(float(value), digits)
+
+
+def needs_probe(flip: bool | str, weights: LossWeights) -> bool:
+    """Whether any setting is left to the probe."""
+    diversity = bool(weights.ep or weights.triplet)
+    return flip == AUTO or (diversity and AUTO in (weights.ep_reach, weights.margin))
+
+
+def apply_probe(flip: bool | str, weights: LossWeights, figures: ProbeFigures | None) -> tuple[bool, LossWeights]:
+    """The flip decision and the loss weights with "auto" replaced by the probe's values."""
+    if figures is None:
+        if needs_probe(flip, weights):
+            raise ValueError("a setting is auto but no probe ran")
+        resolved = weights
+    else:
+        scale = max(figures.negative_distance, 1e-3)
+        resolved = dataclasses.replace(
+            weights,
+            ep_reach=round(REACH_FRACTION * scale, 3) if weights.ep_reach == AUTO else weights.ep_reach,
+            margin=round(MARGIN_FRACTION * scale, 3) if weights.margin == AUTO else weights.margin,
+        )
+    if flip == AUTO:
+        flip = figures.mirror_kept >= FLIP_KEEP_MIN
+    return bool(flip), resolved
+
+
+def describe_probe(figures: ProbeFigures, flip: bool, weights: LossWeights) -> str:
+    """One log line: what the probe found and what it decided."""
+    return (f"probe: {figures.images} images x {figures.iterations} iterations in {figures.seconds:.1f}s; agreement "
+            f"{figures.agreement:.2f}; mirrored images keep their class {figures.mirror_kept:.0%} -> flips "
+            f"{'on' if flip else 'off'}; nearest other-class distance {figures.negative_distance:.3f} -> reach "
+            f"{weights.ep_reach}, margin {weights.margin}")
+
+
+def figures_from_record(record: dict[str, Any] | None) -> ProbeFigures | None:
+    if not record:
+        return None
+    return ProbeFigures(**{f.name: record[f.name] for f in dataclasses.fields(ProbeFigures)})

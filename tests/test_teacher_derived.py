@@ -1,0 +1,140 @@
+"""Defaults derived from the teacher by the start-up probe (dfgen.calibration): mirror flips only for mirror-invariant
+teachers, the easy-positive reach and triplet margin from the teacher's own inter-class distance; the decisions are
+recorded, reproducible, and reused on resume."""
+
+import json
+
+import pytest
+import torch
+
+from dfgen.calibration import (
+    MARGIN_FRACTION,
+    REACH_FRACTION,
+    ProbeFigures,
+    apply_probe,
+    needs_probe,
+    probe_labels,
+    probe_schedule,
+    run_probe,
+)
+from dfgen.config import AUTO, LossWeights
+from dfgen.inversion import EngineSettings
+from dfgen.plan import LabelPlan
+
+SYMMETRIC = '''
+from torch import nn
+
+from dfgen.teachers import load_teacher
+
+
+class MirrorInvariant(nn.Module):
+    """The digits teacher made mirror-invariant by construction: f(x) = g(x) + g(mirror(x))."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = load_teacher("digits").model
+
+    def forward(self, x):
+        return self.base(x) + self.base(x.flip(3))
+
+
+def make():
+    return MirrorInvariant()
+'''
+DIGITS = ["--image-size", "32", "--mean", "0.3052", "--std", "0.3235"]
+FAST = ["--schedule", "16:20,32:20", "--classes-per-batch", "10", "--images-per-class", "2", "--warmup", "2",
+        "-n", "20", "--quiet"]
+
+
+def figures(**changes):
+    base = dict(images=32, iterations=100, seconds=1.0, agreement=1.0, mirror_kept=0.95, mirror_prob_drop=0.01,
+                negative_distance=0.8, positive_distance=0.1)
+    return ProbeFigures(**{**base, **changes})
+
+
+def test_auto_values_come_from_the_probe_figures():
+    weights = LossWeights(ep_reach=AUTO, margin=AUTO)
+    flip, resolved = apply_probe(AUTO, weights, figures(mirror_kept=0.95, negative_distance=0.8))
+    assert flip is True
+    assert resolved.ep_reach == round(REACH_FRACTION * 0.8, 3) and resolved.margin == round(MARGIN_FRACTION * 0.8, 3)
+    flip, _ = apply_probe(AUTO, weights, figures(mirror_kept=0.5))
+    assert flip is False
+    # explicit values are kept; a forced flip ignores the probe
+    flip, resolved = apply_probe(False, LossWeights(ep_reach=0.2, margin=AUTO), figures(negative_distance=1.0))
+    assert flip is False and resolved.ep_reach == 0.2 and resolved.margin == round(MARGIN_FRACTION, 3)
+
+
+def test_the_probe_runs_only_when_something_is_auto():
+    assert not needs_probe(True, LossWeights(ep_reach=0.3, margin=0.5))
+    assert needs_probe(AUTO, LossWeights(ep_reach=0.3, margin=0.5))
+    assert needs_probe(False, LossWeights(ep_reach=AUTO))
+    assert not needs_probe(False, LossWeights(ep_reach=AUTO, ep=0.0, triplet=0.0))  # plain DeepInversion
+    with pytest.raises(ValueError):
+        apply_probe(AUTO, LossWeights(), None)
+
+
+def test_probe_batch_and_schedule():
+    plan = LabelPlan(n=1000, num_classes=100, classes_per_batch=32, images_per_class=4, seed=3, shard_size=128)
+    labels = probe_labels(plan)
+    assert len(labels) == 16 * 4 and len(set(labels.tolist())) == 16
+    assert labels.tolist() == sorted(labels.tolist(), key=labels.tolist().index)  # groups of 4
+    assert probe_schedule([(112, 2000), (224, 2000)]) == [(112, 50), (224, 50)]
+    assert probe_schedule([(16, 30), (32, 30)]) == [(16, 30), (32, 30)]  # within the budget: unchanged
+
+
+def test_probe_is_deterministic(digits_teacher):
+    plan = LabelPlan(n=100, num_classes=10, classes_per_batch=10, images_per_class=2, seed=0, shard_size=20)
+    settings = EngineSettings(schedule=[(16, 10), (32, 10)], weights=LossWeights(), teacher_resolution=32, warmup=2)
+    runs = [run_probe(digits_teacher.model, digits_teacher.mean, digits_teacher.std, settings, plan,
+                      torch.device("cpu")) for _ in range(2)]
+    first, second = ({k: v for k, v in vars(r).items() if k != "seconds"} for r in runs)
+    assert first == second
+    assert 0 <= first["mirror_kept"] <= 1 and 0 < first["negative_distance"] <= 2
+
+
+@pytest.fixture(scope="module")
+def symmetric_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("user") / "symmetric.py"
+    path.write_text(SYMMETRIC)
+    return path
+
+
+def test_a_mirror_invariant_teacher_gets_flips_and_digits_do_not(dfgen_cli, tmp_path, symmetric_file):
+    decisions = {}
+    for name, teacher in (("symmetric", f"{symmetric_file}:make"), ("digits", "digits")):
+        out = tmp_path / name
+        extra = DIGITS if name == "symmetric" else []
+        code, _, err = dfgen_cli(["synthesize", "--teacher", teacher, *extra, *FAST, "--out", out])
+        assert code == 0, err
+        assert "probe: 20 images x 40 iterations" in err
+        config = json.loads((out / "config.json").read_text())
+        dataset = json.loads((out / "dataset.json").read_text())
+        derived = config["derived"]
+        assert derived["flip"]["requested"] == "auto"
+        assert derived["flip"]["value"] == config["content"]["flip"] == dataset["optimizer"]["flip"]
+        assert dataset["derived"]["probe"] == derived["probe"]
+        decisions[name] = derived
+    assert decisions["symmetric"]["probe"]["mirror_kept"] == 1.0 and decisions["symmetric"]["flip"]["value"] is True
+    assert decisions["digits"]["probe"]["mirror_kept"] < 0.9 and decisions["digits"]["flip"]["value"] is False
+    assert "flips off" not in str(decisions["symmetric"])
+
+
+def test_the_decision_is_reused_on_resume_and_matches_a_fresh_run(dfgen_cli, tmp_path):
+    out = tmp_path / "a"
+    args = ["synthesize", "--teacher", "digits", *FAST, "--ep-reach", "auto", "--margin", "auto"]
+    code, _, err = dfgen_cli([*args, "--out", out])
+    assert code == 0 and "probe:" in err
+    first = json.loads((out / "config.json").read_text())
+    assert first["content"]["losses"]["ep_reach"] == first["derived"]["ep_reach"]["value"] != "auto"
+    code, _, err = dfgen_cli([*args, "--out", out])  # finished: nothing to do, and no second probe
+    assert code == 0 and "probe:" not in err and "nothing to do" in err
+    code, _, err = dfgen_cli([*args, "--out", tmp_path / "b"])  # a fresh directory probes again: same decision
+    assert code == 0
+    second = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert second["content"] == first["content"]
+    # forcing the values the probe chose gives the same configuration (and so the same images)
+    d = first["derived"]
+    forced = ["synthesize", "--teacher", "digits", *FAST, "--ep-reach", str(d["ep_reach"]["value"]),
+              "--margin", str(d["margin"]["value"]), "--flip", "on" if d["flip"]["value"] else "off"]
+    code, _, err = dfgen_cli([*forced, "--out", out])
+    assert code == 0 and "different configuration" not in err
