@@ -242,8 +242,11 @@ def _prepare_out_dir(run: RunPlan) -> None:
         raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
     if existing is not None:
         if not run.config.overwrite:
-            old = existing.get("content", {})
-            changed = sorted(k for k in set(content) | set(old) if content.get(k) != old.get(k))
+            # Name what the user asked differently (derived values follow from it), else what was resolved.
+            new, old = content, existing.get("content", {})
+            if existing.get("requested") and existing["requested"] != run.requested_content():
+                new, old = run.requested_content(), existing["requested"]
+            changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
             raise DfgenError(
                 f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
                 "command to continue it, or pass --overwrite to replace it"
@@ -256,8 +259,8 @@ def _prepare_out_dir(run: RunPlan) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         config_path,
-        {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run),
-         "derived": derived_record(run)},
+        {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
+         "dataset": dataset_description(run), "derived": derived_record(run)},
     )
     (out / "shards").mkdir(exist_ok=True)
 
