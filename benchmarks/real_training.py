@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -138,6 +139,23 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.
                                                anneal_strategy="cos", div_factor=10, final_div_factor=100)
 
 
+def full_kwargs(factory: Factory, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The factory's arguments with its defaults filled in, so {} and {"width": 8} name the same recipe."""
+    try:
+        bound = inspect.signature(factory).bind(**(kwargs or {}))
+    except (TypeError, ValueError):  # no signature to read, or arguments it does not take (the build will say)
+        return dict(kwargs or {})
+    bound.apply_defaults()
+    arguments = {}
+    for key, value in bound.arguments.items():
+        kind = bound.signature.parameters[key].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            arguments[key] = value
+    return arguments
+
+
 def architecture_fingerprint(model: nn.Module) -> str:
     """The names and shapes of the model's parameters and buffers: a changed architecture misses the cache."""
     shapes = [(name, list(t.shape)) for name, t in model.state_dict().items()]
@@ -165,11 +183,11 @@ def train_teacher(
     data = real_data(dataset) if isinstance(dataset, str) else dataset
     model = build_model(factory, kwargs, seed)
     mean, std = mean_std(data.train_images)
-    recipe = {"recipe_version": RECIPE_VERSION, "factory": name, "kwargs": kwargs or {},
+    recipe = {"recipe_version": RECIPE_VERSION, "factory": name, "kwargs": full_kwargs(factory, kwargs),
               "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(), "epochs": epochs,
               "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay, "max_shift": max_shift,
               "optimizer": "sgd-nesterov-0.9 one-cycle"}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()[:16]
     weights = Path(cache_dir) / f"{name}-{data.name}-{key}.pt"
     record_path = weights.with_suffix(".json")
     if weights.is_file() and record_path.is_file():
@@ -206,7 +224,7 @@ def train_teacher(
     tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, weights)
-    record_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    record_path.write_text(json.dumps(record, indent=1, sort_keys=True, default=repr) + "\n")
     return weights, test_acc
 
 

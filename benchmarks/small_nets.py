@@ -77,7 +77,7 @@ class ResNetSmall(nn.Module):
     """ResNet-18 layout (BasicBlocks [2, 2, 2, 2], strides 1, 2, 2, 2) with a 3x3 stride-1 stem and no max-pool,
     for small images; global average pool, so any input size works."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 8) -> None:
         super().__init__()
         self.stem = Conv2dNormActivation(in_chans, width, 3)
         stages, planes = [], width
@@ -96,9 +96,9 @@ class ResNetSmall(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))))
 
 
-def resnet18_small(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> nn.Module:
-    """ResNet-18-style, base width 16 (16-32-64-128 channels): 701,178 parameters (176,258 at width 8); any input
-    size."""
+def resnet18_small(num_classes: int = 10, in_chans: int = 1, width: int = 8) -> nn.Module:
+    """ResNet-18-style, base width 8 (8-16-32-64 channels): 176,258 parameters (701,178 at width 16, which costs
+    2.6x the time an epoch); any input size."""
     return ResNetSmall(num_classes, in_chans, width)
 
 

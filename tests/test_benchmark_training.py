@@ -12,7 +12,14 @@ import torch
 
 from benchmarks import small_nets
 from benchmarks.kd_training import epochs_for_steps, kd_train, real_subset
-from benchmarks.real_training import RealData, load_trained, random_shift, teacher_record, train_teacher
+from benchmarks.real_training import (
+    RealData,
+    full_kwargs,
+    load_trained,
+    random_shift,
+    teacher_record,
+    train_teacher,
+)
 from dfgen.errors import DfgenError
 from dfgen.realdata import write_image_dataset
 
@@ -140,3 +147,10 @@ def test_real_subset_and_epochs_for_steps():
     assert real_subset(images, labels, 1.0)[0] is images
     assert epochs_for_steps(600, 1000) == 500 and epochs_for_steps(24000, 1000) == 11
     assert epochs_for_steps(100, 3) == 3  # fewer images than a batch: one step an epoch
+
+
+def test_recipe_kwargs_include_the_factory_defaults():
+    expected = {"num_classes": 10, "in_chans": 1, "width": 8}
+    assert full_kwargs(small_nets.resnet18_small, None) == expected
+    assert full_kwargs(small_nets.resnet18_small, {"width": 8}) == expected
+    assert full_kwargs(lambda depth=2, **options: None, {"scale": 0.5}) == {"depth": 2, "scale": 0.5}
