@@ -3,8 +3,8 @@ a teacher's soft predictions on the synthetic images, then is tested on the real
 
 Recipe (`kd_train`): the teacher is online and frozen (eval mode: its BatchNorm running statistics) and sees the
 same augmented batch as the student; loss = T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_weight *
-CE(student, label) (label: the synthesis target, or the real label); AdamW (lr 2e-3, weight decay 1e-4) at batch
-256 under torch's one-cycle schedule (15% warm-up, cosine); random shifts of up to 2 px with black fill, no flips;
+CE(student, label) (label: the synthesis target, or the real label); AdamW (lr 5e-3, weight decay 1e-4) at batch
+128 under torch's one-cycle schedule (15% warm-up, cosine); random shifts of up to 2 px with black fill, no flips;
 both networks take the teacher's normalization (its mean/std from the dataset.json teacher entry, or given).
 Seeded: the student's initial weights, the order and the shifts all come from `seed`.
 
@@ -71,7 +71,7 @@ def real_subset(images: torch.Tensor, labels: torch.Tensor, fraction: float = 1.
     return images[keep], labels[keep]
 
 
-def epochs_for_steps(n_images: int, steps: int, batch_size: int = 256) -> int:
+def epochs_for_steps(n_images: int, steps: int, batch_size: int = 128) -> int:
     """Epochs that give at least `steps` optimizer steps on `n_images` (a 1% subset's equal-budget row)."""
     per_epoch = max(1, n_images // batch_size)
     return -(-steps // per_epoch)
@@ -89,9 +89,9 @@ def kd_train(
     mean: float | tuple[float, ...] | None = None,
     std: float | tuple[float, ...] | None = None,
     ce_weight: float = 0.0,
-    lr: float = 2e-3,
+    lr: float = 5e-3,
     weight_decay: float = 1e-4,
-    batch_size: int = 256,
+    batch_size: int = 128,
     max_shift: int = 2,
     student_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
