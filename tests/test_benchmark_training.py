@@ -145,7 +145,7 @@ def test_real_subset_and_epochs_for_steps():
     sub_images, sub_labels = real_subset(images, labels, 0.1, seed=0)
     assert sub_labels.bincount().tolist() == [10, 10, 10, 10] and len(sub_images) == 40
     assert real_subset(images, labels, 1.0)[0] is images
-    assert epochs_for_steps(600, 1000) == 500 and epochs_for_steps(24000, 1000) == 11
+    assert epochs_for_steps(600, 1000) == 250 and epochs_for_steps(24000, 1000, 256) == 11
     assert epochs_for_steps(100, 3) == 3  # fewer images than a batch: one step an epoch
 
 
