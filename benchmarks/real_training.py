@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfgen.shards import write_json_atomic
+
 RECIPE_VERSION = 1
 # Epochs that reach the accuracies in the README on 2 CPU cores (LeNet-5 is cheap; the others cost 4-10x an epoch).
 DEFAULT_EPOCHS = {"lenet5_bn": 8, "resnet18_small": 5, "vgg_bn_small": 5, "mobilenet_small": 5}
@@ -216,7 +218,8 @@ def train_teacher(
                 f"{time.perf_counter() - epoch_start:.0f} s")
     seconds = time.perf_counter() - start
     test_acc = evaluate(model, data.test_images, data.test_labels, mean, std)
-    record = {"recipe": recipe, "test_acc": test_acc, "train_seconds": round(seconds, 1),
+    spec = factory_spec if isinstance(factory_spec, str) else name
+    record = {"recipe": recipe, "factory_spec": spec, "test_acc": test_acc, "train_seconds": round(seconds, 1),
               "seconds_per_epoch": round(seconds / max(epochs, 1), 1), "threads": torch.get_num_threads(),
               "mean": [mean], "std": [std], "image_size": list(data.train_images.shape[1:]),
               "num_classes": int(data.train_labels.max()) + 1,
@@ -226,7 +229,7 @@ def train_teacher(
     tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, weights)
-    record_path.write_text(json.dumps(record, indent=1, sort_keys=True, default=repr) + "\n")
+    write_json_atomic(record_path, record)
     return weights, test_acc
 
 
@@ -236,9 +239,11 @@ def teacher_record(weights: str | Path) -> dict[str, Any]:
 
 
 def load_trained(weights: str | Path, factory_spec: str | Factory | None = None) -> nn.Module:
-    """A teacher from `train_teacher`, in eval mode (weights read with weights_only=True)."""
-    recipe = teacher_record(weights)["recipe"]
-    factory, _ = resolve_factory(factory_spec or recipe["factory"])
+    """A teacher from `train_teacher`, in eval mode (weights read with weights_only=True); `factory_spec` overrides
+    the recorded one (a file factory moved elsewhere)."""
+    record = teacher_record(weights)
+    recipe = record["recipe"]
+    factory, _ = resolve_factory(factory_spec or record.get("factory_spec") or recipe["factory"])
     model = factory(**recipe["kwargs"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval()
