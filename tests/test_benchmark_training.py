@@ -39,7 +39,7 @@ def squares(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def toy() -> RealData:
-    return RealData("squares", *squares(192, 0), *squares(64, 1))
+    return RealData("squares", *squares(128, 0), *squares(64, 1))
 
 
 @pytest.fixture(scope="module")
