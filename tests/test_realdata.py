@@ -180,7 +180,7 @@ def test_stratified_indices_keep_each_class_share_deterministically():
 
 
 def test_export_real_streams_both_splits_that_distill_and_report_read(tiny_fashion, tmp_path, dfgen_cli):
-    from distill.data import open_dataset
+    from distill.data import eval_dataset, open_dataset
 
     code, out, err = dfgen_cli(["export-real", "fmnist", "--out", tmp_path / "fm", "--train-fraction", "0.5"])
     assert code == 0, err
@@ -196,6 +196,9 @@ def test_export_real_streams_both_splits_that_distill_and_report_read(tiny_fashi
     assert labels.tolist() == tiny_fashion["test"][1].tolist()
     info = open_dataset(train)
     assert (info.n, info.num_classes, info.in_chans) == (20, 10, 1)
+    first, label = next(iter(eval_dataset(open_dataset(test), lambda image: image, 1)))  # distill's eval reader
+    assert first.size == (28, 28) and label == 0
+    assert np.array_equal(np.asarray(first), tiny_fashion["test"][0][0])
     code, out, err = dfgen_cli(["report", train, "--out", tmp_path / "report", "--lpips-net", "none", "--quiet"])
     assert code == 0, err
     assert "20 images" in out
