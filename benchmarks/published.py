@@ -49,6 +49,7 @@ SETTINGS = {  # teacher, its training epochs, synthetic images (the papers' 24,0
     "fashion-mnist": {"teacher": "resnet18_small", "teacher_epochs": 5, "n": 24000},
 }
 QUICK = {"n": 1000, "kd_epochs": 100, "distill_epochs": 4}
+TOY = {"n": 20, "kd_epochs": 2, "distill_epochs": 1, "teacher_epochs": 1, "limit": 300, "iterations": 2}
 FULL = {"kd_epochs": 60, "distill_epochs": None}
 JUDGE = "small_cnn"  # the independent embedding: another family, trained on real data, never inverted
 CURVE = [30, 100, 200, 700]  # iterations per stage of the three-stage small-input schedule
@@ -65,22 +66,28 @@ def cached(path: Path, compute, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def train_teacher_job(name: str, dataset: str, epochs: int, cache: Path) -> dict[str, Any]:
-    from benchmarks.real_training import teacher_record, train_teacher
+def train_teacher_job(name: str, dataset: str, epochs: int, cache: Path, limit: int | None = None) -> dict[str, Any]:
+    """The teacher trained on the real train split (its first `limit` images of each split in toy runs)."""
+    from benchmarks.real_training import RealData, real_data, teacher_record, train_teacher
 
     start = time.perf_counter()
-    weights, acc = train_teacher(f"{NETS}:{name}", dataset, epochs, seed=0, cache_dir=cache)
+    data: str | RealData = dataset
+    if limit:
+        full = real_data(dataset)
+        data = RealData(f"{full.name}-first{limit}", full.train_images[:limit], full.train_labels[:limit],
+                        full.test_images[:limit], full.test_labels[:limit])
+    weights, acc = train_teacher(f"{NETS}:{name}", data, epochs, seed=0, cache_dir=cache)
     record = teacher_record(weights)
     return {"weights": str(weights), "test_acc": acc, "mean": record["mean"], "std": record["std"],
             "seconds": round(time.perf_counter() - start)}
 
 
-def export_job(dataset: str, out: Path) -> dict[str, Any]:
+def export_job(dataset: str, out: Path, limit: int | None = None) -> dict[str, Any]:
     from dfgen.realdata import export_real
 
     start = time.perf_counter()
-    export_real(dataset, out / "full")
-    export_real(dataset, out / "1pct", train_fraction=0.01)
+    export_real(dataset, out / "full", limit=limit)
+    export_real(dataset, out / "1pct", train_fraction=0.01, limit=limit)
     return {"train": str(out / "full" / "train"), "test": str(out / "full" / "test"),
             "train_1pct": str(out / "1pct" / "train"), "seconds": round(time.perf_counter() - start)}
 
@@ -120,7 +127,8 @@ def distill_job(out: Path, train: str, test: str, teacher_from: str, epochs: int
     import distill
 
     start = time.perf_counter()
-    overrides: dict[str, Any] = {"epochs": epochs} if epochs else {}
+    overrides: dict[str, Any] = {"epochs": epochs, "stage1_epochs": max(1, round(epochs * 5 / 6)),
+                                 "eval_every": epochs} if epochs else {}
     config = distill.build_config(DISTILL_PRESET, shards=[train], val=test, out=str(out), teacher=teacher_from,
                                   quiet=True, resume=True, **overrides)
     if steps_like:  # real rows: as many steps as a run on `steps_like` images, the same stage split
@@ -153,28 +161,34 @@ def report_job(out: Path, datasets: list[str], judge: dict[str, Any]) -> dict[st
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     begin = time.perf_counter()
-    settings = {**SETTINGS[args.dataset], **(QUICK if args.quick else FULL)}
+    settings = {**SETTINGS[args.dataset], **(TOY if args.toy else QUICK if args.quick else FULL)}
     n = args.n or settings["n"]
-    out = args.out / args.dataset / ("quick" if args.quick else "full")
+    limit = settings.get("limit")
+    mode = "toy" if args.toy else "quick" if args.quick else "full"
+    iterations = settings["iterations"] if args.toy else args.iterations
+    name = mode + (f"-n{n}" if args.n else "") + (f"-it{iterations}" if args.iterations else "")
+    out = args.out / args.dataset / name
+    schedule = f"7:{iterations},14:{iterations},28:{iterations}" if iterations else None
     results = out / "results"
     jobs = Jobs(args.jobs, args.threads)
     try:
         teacher_cache = args.out / "teachers"
         jobs.submit("teacher", cached, results / "teacher.json", train_teacher_job, settings["teacher"],
-                    args.dataset, settings["teacher_epochs"], teacher_cache)
+                    args.dataset, settings["teacher_epochs"], teacher_cache, limit)
         jobs.submit("judge", cached, results / "judge.json", train_teacher_job, JUDGE, args.dataset,
-                    settings["teacher_epochs"], teacher_cache)
-        real = cached(results / "real.json", export_job, args.dataset, args.out / args.dataset / "real")
+                    settings["teacher_epochs"], teacher_cache, limit)
+        real_dir = args.out / args.dataset / (f"real-first{limit}" if limit else "real")
+        real = cached(results / "real.json", export_job, args.dataset, real_dir, limit)
         teacher = jobs.result("teacher")
         synthetic = {}
         for key, plain in (("boundary", False), ("plain", True)):
             jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_job,
-                        out / key, teacher, settings["teacher"], n, plain)
+                        out / key, teacher, settings["teacher"], n, plain, schedule)
         train = {"real_kd": real["train"], "real_1pct": real["train_1pct"]}
         for key in ("boundary", "plain"):
             synthetic[key] = jobs.result(f"synthesize_{key}")
             train[key] = synthetic[key]["path"]
-        kd_steps = settings["kd_epochs"] * (n // 128)  # the synthetic rows' step budget (KD batch 128)
+        kd_steps = settings["kd_epochs"] * max(1, n // 128)  # the synthetic rows' step budget (KD batch 128)
         for key in DATA_KEYS:
             steps = kd_steps if key == "real_1pct" else None
             epochs = settings["kd_epochs"] if key != "real_kd" else max(1, round(settings["kd_epochs"] * n / 60000))
@@ -189,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jobs.submit("report", cached, results / "report.json", report_job, out / "report",
                     [synthetic["boundary"]["path"], synthetic["plain"]["path"]], judge)
         curve = {}
-        if args.curve:
+        if args.curve and not args.toy:
             for iters in CURVE:
                 schedule = f"7:{iters},14:{iters},28:{iters}"
                 jobs.submit(f"curve_syn_{iters}", cached, results / f"curve_syn_{iters}.json", synthesize_job,
@@ -234,7 +248,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", required=True, choices=sorted(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("bench_out/published"))
     parser.add_argument("--quick", action="store_true", help="1,000 images, short students: under 15 min")
+    parser.add_argument("--toy", action="store_true", help="300 real images, 20 synthetic: the path, for tests")
     parser.add_argument("-n", type=int, default=None, help="synthetic images per setting [24,000; quick 1,000]")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="iterations per stage of the three-stage schedule [the default schedule: 200]")
     parser.add_argument("--curve", action="store_true", help="also the student's accuracy against the budget")
     parser.add_argument("--curve-n", type=int, default=2000, help="images per point of the curve [2000]")
     parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")

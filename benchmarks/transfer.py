@@ -1,0 +1,277 @@
+"""The transfer matrix (issue 15): does the tool's data teach a student of another architecture, for teachers
+nobody tuned for, with the defaults alone?
+
+    python benchmarks/transfer.py [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
+
+Teachers of four families, each trained by the benchmarks on the real data they have (cached by a hash of the
+recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's own model file with nothing but
+`--teacher`, its weights, image size and normalization (no schedule, no loss weights, no flip setting):
+
+    digits_cnn       the bundled digits CNN (32x32 scikit-learn digits)       `--teacher digits`
+    resnet18_digits  a ResNet-18-style net on the same digits (issue 20's user teacher)
+    lenet5_bn_mnist  LeNet-5 with BatchNorm on MNIST (28x28; a fixed-size teacher)
+    vgg_bn_mnist     a VGG-style net with BatchNorm and a flatten-and-Linear head on MNIST (fixed size)
+
+Each teacher's N synthetic images teach two students of other families, tested on the real held-out split:
+`small_cnn` (no BatchNorm) by plain KD with the teacher online (benchmarks/kd_training.py) and DearKD micro through
+`distill run` (the digits / MNIST presets sized for ~1,000 images). The reference row is the same student, the same
+teacher and the same number of steps on the real train split. The target: every data-free cell >= 85% of its
+reference. `--variants` adds small_cnn cells for other synthesis settings on the `--variant-teachers`: `before`, the
+previous defaults (the paper's loss form, flips on, fixed reach 0.3 / margin 0.5; the old two-stage schedule cannot
+run on the fixed-size teachers, so the new one is kept); `upsample` / `native`, the multi-resolution mode forced;
+`crops`, in-loop random-resized crops (`--crop-min-scale 0.25`); `plain`, DeepInversion without the diversity terms.
+
+Every phase is cached under --out (an interrupted run continues). Prints one JSON line last with the wall time of
+each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.jobs import Jobs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NETS = ROOT / "benchmarks" / "small_nets.py"
+KD_EPOCHS = 100  # small_cnn by KD on ~1,000 images: 700 steps at batch 128
+TARGET = 0.85
+TEACHERS: dict[str, dict[str, Any]] = {
+    "digits_cnn": {"data": "digits", "factory": None},
+    "resnet18_digits": {"data": "digits", "factory": "resnet18_small", "epochs": 30},
+    "lenet5_bn_mnist": {"data": "mnist", "factory": "lenet5_bn", "epochs": 8},
+    "vgg_bn_mnist": {"data": "mnist", "factory": "vgg_bn_small", "epochs": 8},
+}
+DISTILL = {  # DearKD micro for ~1,000 images: the digits preset's small-batch recipe at the data's own size
+    "digits": (ROOT / "configs" / "distill_digits.yaml", {}),
+    "mnist": (ROOT / "configs" / "distill_mnist.yaml",
+              {"epochs": 40, "stage1_epochs": 33, "batch_size": 16, "lr": 7e-4, "ema_decay": 0.998,
+               "warmup_epochs": 2, "eval_every": 40}),
+}
+VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the user's minimum
+    "before": {"form": "paper", "flip": True, "ep_reach": 0.3, "margin": 0.5},
+    "upsample": {"multires": "upsample"},
+    "native": {"multires": "native"},
+    "crops": {"crop_min_scale": 0.25},
+    "plain": {"no_diversity": True},
+}
+TOY = {"n": 20, "schedule": "2", "kd_epochs": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
+       "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
+
+
+def cached(path: Path, compute, *args: Any, **kwargs: Any) -> Any:
+    """The JSON result at `path`, computing and saving it first if absent (phases survive interruptions)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute(*args, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def digits_data():
+    from benchmarks.real_training import RealData
+    from dfgen.zoo.digits import load_digits_split
+
+    split = load_digits_split()
+    as_bytes = [(images * 255).round().to(torch.uint8) for images in (split.train_images, split.test_images)]
+    return RealData("digits", as_bytes[0], split.train_labels, as_bytes[1], split.test_labels)
+
+
+def export_job(data: str, out: Path) -> dict[str, Any]:
+    from dfgen.realdata import export_digits, export_real
+
+    start = time.perf_counter()
+    train, test = export_digits(out) if data == "digits" else export_real(data, out)
+    return {"train": str(train), "test": str(test), "seconds": round(time.perf_counter() - start)}
+
+
+def teacher_job(key: str, cache: Path, epochs: int | None = None) -> dict[str, Any]:
+    """The teacher's weights, normalization and real test accuracy (the bundled digits CNN as shipped)."""
+    from benchmarks.real_training import evaluate, teacher_record, train_teacher
+
+    start = time.perf_counter()
+    spec = TEACHERS[key]
+    if spec["factory"] is None:
+        from dfgen.teachers import load_teacher
+
+        teacher = load_teacher("digits")
+        data = digits_data()
+        acc = evaluate(teacher.model, data.test_images, data.test_labels, teacher.mean, teacher.std)
+        return {"teacher": "digits", "weights": None, "mean": list(teacher.mean), "std": list(teacher.std),
+                "image_size": 32, "test_acc": acc, "seconds": round(time.perf_counter() - start)}
+    dataset = digits_data() if spec["data"] == "digits" else spec["data"]
+    weights, acc = train_teacher(f"{NETS}:{spec['factory']}", dataset, epochs or spec["epochs"], seed=0,
+                                cache_dir=cache)
+    record = teacher_record(weights)
+    return {"teacher": f"{NETS}:{spec['factory']}", "weights": str(weights), "mean": record["mean"],
+            "std": record["std"], "image_size": 32 if spec["data"] == "digits" else 28, "test_acc": acc,
+            "seconds": round(time.perf_counter() - start)}
+
+
+def load_model(teacher: dict[str, Any]) -> torch.nn.Module:
+    from dfgen.teachers import load_teacher
+
+    return load_teacher(teacher["teacher"], teacher["weights"], image_size=teacher["image_size"],
+                        mean=teacher["mean"], std=teacher["std"]).model
+
+
+def synthesize_job(out: Path, teacher: dict[str, Any], n: int, settings: dict[str, Any] | None = None,
+                   iterations: str | None = None) -> dict[str, Any]:
+    """`dfgen synthesize` with only what a user must give: the teacher, its weights, size and normalization."""
+    import dfgen
+
+    start = time.perf_counter()
+    options: dict[str, Any] = {"teacher": teacher["teacher"], "n": n, "out": str(out), "quiet": True}
+    if teacher["weights"]:
+        options.update(teacher_weights=teacher["weights"], image_size=teacher["image_size"], mean=teacher["mean"],
+                       std=teacher["std"])
+    options.update(settings or {})
+    if iterations:  # toy runs only: the default schedule's stages, `iterations` each
+        from dfgen.config import default_schedule
+
+        stages = default_schedule(teacher["image_size"])
+        options.update(schedule=",".join(f"{size}:{iterations}" for size, _ in stages), warmup=1)
+    dfgen.synthesize(dfgen.build_config(None, **options))
+    description = json.loads((out / "dataset.json").read_text())
+    return {"path": str(out), "schedule": description["schedule"], "agreement": description["stats"]["agreement"],
+            "derived": description.get("derived"), "seconds": round(time.perf_counter() - start)}
+
+
+def kd_job(teacher: dict[str, Any], train: str, test: str, epochs: int, steps: int | None = None) -> dict[str, Any]:
+    """small_cnn by plain KD, the teacher online; with `steps`, as many epochs as give that many steps."""
+    from benchmarks.kd_training import epochs_for_steps, kd_train, read_source
+
+    start = time.perf_counter()
+    if steps is not None:
+        epochs = epochs_for_steps(len(read_source(train)[1]), steps)
+    acc = kd_train(f"{NETS}:small_cnn", load_model(teacher), train, test, epochs, mean=tuple(teacher["mean"]),
+                   std=tuple(teacher["std"]))
+    return {"acc": round(acc, 4), "epochs": epochs, "seconds": round(time.perf_counter() - start)}
+
+
+def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
+                steps_like: int | None = None, toy: bool = False) -> dict[str, Any]:
+    """DearKD micro through `distill run`, the teacher the synthetic set records (for the real row too)."""
+    import distill
+
+    start = time.perf_counter()
+    preset, overrides = DISTILL[data]
+    overrides = {**overrides, **(TOY["distill"] if toy else {})}
+    config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
+                                  resume=True, **overrides)
+    if steps_like:  # the real row: as many steps as the synthetic run, the same stage split
+        images = json.loads((Path(train) / "dataset.json").read_text())["n"]
+        ratio = config.stage1_epochs / config.epochs
+        config.epochs = max(1, round(config.epochs * steps_like / max(1, images)))
+        config.stage1_epochs = round(config.epochs * ratio)
+        config.eval_every = config.epochs
+    distill.train(config)
+    result = distill.evaluate_checkpoint(out / "last.pt", test, device="cpu", ema=config.ema)
+    return {"acc": round(result["top1"] / 100, 4), "epochs": config.epochs,
+            "seconds": round(time.perf_counter() - start)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    begin = time.perf_counter()
+    if args.toy:
+        args.n = TOY["n"]
+    kd_epochs = TOY["kd_epochs"] if args.toy else KD_EPOCHS
+    iterations = TOY["schedule"] if args.toy else None
+    out = args.out / (f"toy{args.n}" if args.toy else f"n{args.n}")
+    results = out / "results"
+    teachers = [key for key in TEACHERS if not args.teachers or key in args.teachers]
+    variants = {key: args.variants for key in teachers if key in args.variant_teachers}
+    jobs = Jobs(args.jobs, args.threads)
+    try:
+        for key in teachers:
+            jobs.submit(f"teacher_{key}", cached, results / f"teacher_{key}.json", teacher_job, key,
+                        args.out / "teachers", TOY["teacher_epochs"] if args.toy else None)
+        real = {data: cached(results / f"real_{data}.json", export_job, data, args.out / "real" / data)
+                for data in sorted({TEACHERS[key]["data"] for key in teachers})}
+        teacher = {key: jobs.result(f"teacher_{key}") for key in teachers}
+        for key in teachers:
+            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_job,
+                        out / f"syn_{key}", teacher[key], args.n, None, iterations)
+            for variant in variants.get(key, []):
+                jobs.submit(f"synthesize_{variant}_{key}", cached, results / f"synthesize_{variant}_{key}.json",
+                            synthesize_job, out / f"{variant}_{key}", teacher[key], args.n, VARIANTS[variant],
+                            iterations)
+        steps = kd_epochs * max(1, args.n // 128)
+        for key in teachers:
+            data, path = real[TEACHERS[key]["data"]], jobs.result(f"synthesize_{key}")["path"]
+            jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{key}.json", kd_job, teacher[key], path,
+                        data["test"], kd_epochs)
+            jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}.json", kd_job, teacher[key],
+                        data["train"], data["test"], kd_epochs, steps)
+            for variant in variants.get(key, []):
+                other = jobs.result(f"synthesize_{variant}_{key}")["path"]
+                jobs.submit(f"kd_{variant}_{key}", cached, results / f"kd_{variant}_{key}.json", kd_job,
+                            teacher[key], other, data["test"], kd_epochs)
+            if not args.no_dearkd:
+                for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
+                    jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
+                                out / f"run_dearkd_{row}_{key}", TEACHERS[key]["data"], train, data["test"], path,
+                                steps_like, args.toy)
+        matrix: dict[str, Any] = {}
+        for key in teachers:
+            syn = jobs.result(f"synthesize_{key}")
+            cells = {"small_cnn_kd": {"synthetic": jobs.result(f"kd_syn_{key}")["acc"],
+                                      "real": jobs.result(f"kd_real_{key}")["acc"]}}
+            if not args.no_dearkd:
+                cells["dearkd_micro"] = {"synthetic": jobs.result(f"dearkd_syn_{key}")["acc"],
+                                         "real": jobs.result(f"dearkd_real_{key}")["acc"]}
+            for cell in cells.values():
+                cell["ratio"] = round(cell["synthetic"] / max(cell["real"], 1e-9), 4)
+            derived = syn["derived"] or {}
+            matrix[key] = {"teacher_acc": round(teacher[key]["test_acc"], 4), "agreement": syn["agreement"],
+                           "schedule": syn["schedule"], "flip": (derived.get("flip") or {}).get("value"),
+                           "reach": (derived.get("ep_reach") or {}).get("value"),
+                           "multires": derived.get("multires"), "students": cells,
+                           "variants": {variant: {"agreement": jobs.result(f"synthesize_{variant}_{key}")["agreement"],
+                                                  "small_cnn_kd": jobs.result(f"kd_{variant}_{key}")["acc"]}
+                                        for variant in variants.get(key, [])}}
+        seconds = {name: jobs.result(name)["seconds"] for name in jobs.futures}
+    finally:
+        jobs.close()
+    ratios = [cell["ratio"] for row in matrix.values() for cell in row["students"].values()]
+    seconds["total_this_invocation"] = round(time.perf_counter() - begin)
+    return {"benchmark": "transfer", "n_images": args.n, "matrix": matrix, "target_ratio": TARGET,
+            "min_ratio": min(ratios), "cells_meeting_target": f"{sum(r >= TARGET for r in ratios)}/{len(ratios)}",
+            "seconds": seconds}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_out/transfer"))
+    parser.add_argument("-n", "--n", type=int, default=1000, help="synthetic images per teacher [1000]")
+    parser.add_argument("--teachers", nargs="*", choices=sorted(TEACHERS), help="a subset of the teachers")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="other synthesis settings, small_cnn cells only")
+    parser.add_argument("--variant-teachers", nargs="*", default=["digits_cnn", "lenet5_bn_mnist"],
+                        choices=sorted(TEACHERS), help="the teachers the variants run on [digits_cnn lenet5_bn_mnist]")
+    parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro column (the slow one)")
+    parser.add_argument("--toy", action="store_true", help="20 images, 2 iterations a stage: the path, for tests")
+    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    result = run(parse_args(argv))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.set_start_method("spawn", force=True)
+    main()

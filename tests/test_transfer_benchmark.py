@@ -1,0 +1,32 @@
+"""The transfer benchmark's whole path at toy size (benchmarks/transfer.py --toy) on the two digits teachers, which
+need no downloaded data: teachers, synthesis with only what a user gives, both students, the real reference rows,
+the matrix and its ratios, and the phase cache."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import transfer
+
+
+def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path, capsys):
+    argv = ["--toy", "--out", str(tmp_path), "--teachers", "digits_cnn", "resnet18_digits", "--jobs", "1"]
+    result = transfer.main(argv)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result  # one JSON line, last
+    assert result["n_images"] == transfer.TOY["n"] and set(result["matrix"]) == {"digits_cnn", "resnet18_digits"}
+    for key, row in result["matrix"].items():
+        assert row["schedule"] == "8:2,16:2,32:2"  # the default schedule's stages for a 32 px teacher
+        assert row["flip"] in (True, False) and row["multires"] in ("native", "upsample")
+        assert 0 < row["reach"] <= 2  # calibrated by the probe, not the fixed 0.3
+        assert set(row["students"]) == {"small_cnn_kd", "dearkd_micro"}
+        for cell in row["students"].values():
+            assert 0 <= cell["synthetic"] <= 1 and 0 < cell["real"] <= 1
+            assert cell["ratio"] == round(cell["synthetic"] / cell["real"], 4)
+        config = json.loads((tmp_path / "toy20" / f"syn_{key}" / "config.json").read_text())
+        assert config["derived"]["flip"]["requested"] == "auto"  # the user gave no synthesis setting
+    assert result["matrix"]["digits_cnn"]["teacher_acc"] > 0.95  # the bundled teacher as shipped
+    assert result["cells_meeting_target"].endswith("/4")
+    assert result["min_ratio"] == min(c["ratio"] for r in result["matrix"].values() for c in r["students"].values())
+    again = transfer.main(argv)  # every phase cached: the same matrix
+    assert again["matrix"] == result["matrix"]
+    assert all(again["seconds"][name] == result["seconds"][name] for name in result["seconds"] if name != "total_this_invocation")
