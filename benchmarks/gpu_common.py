@@ -37,11 +37,27 @@ PEAKS: list[tuple[str, str, float | None]] = [
 
 
 def require_cuda(what: str) -> torch.device:
-    """The CUDA device, or exit 1 with one line (the GPU benchmarks measure nothing useful on a CPU)."""
+    """The CUDA device, or exit 1 with one line (the GPU benchmarks measure nothing useful on a CPU; --cpu-smoke
+    runs the same code at toy size instead, for the tests)."""
     if not torch.cuda.is_available():
         raise SystemExit(f"{what}: no CUDA GPU is visible (torch.cuda.is_available() is False); run it on a GPU "
-                         "machine (benchmarks/gpu_check.sh runs every GPU check)")
+                         "machine (benchmarks/gpu_check.sh runs every GPU check) or pass --cpu-smoke for a toy run")
     return torch.device("cuda")
+
+
+def target_device(what: str, cpu_smoke: bool) -> torch.device:
+    """The CPU for a --cpu-smoke run, else the CUDA device (or the one-line refusal)."""
+    return torch.device("cpu") if cpu_smoke else require_cuda(what)
+
+
+def interruptible(result: dict[str, Any], fill: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """`fill(result)`, keeping what it put in `result` if it is interrupted: gpu_check.sh stops a section that
+    outruns its limit with SIGINT (a KeyboardInterrupt here), and a part of the figures beats none."""
+    try:
+        fill(result)
+    except KeyboardInterrupt:
+        result["interrupted"] = "stopped by SIGINT (gpu_check.sh's time limit): only the figures above were measured"
+    return result
 
 
 def peak_tflops(device_name: str, given: float | None = None) -> tuple[float | None, str]:
@@ -169,8 +185,11 @@ def rounded(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def emit(result: dict[str, Any], path: str | Path | None) -> None:
-    """Print the result as the last JSON line and write it to `path` if given."""
+def emit(result: dict[str, Any], path: str | Path | None, started: float | None = None) -> None:
+    """Print the result as the last JSON line and write it to `path` if given; `started` (a time.perf_counter()
+    reading) adds the script's wall time, `wall_s`."""
+    if started is not None:
+        result = {**result, "wall_s": time.perf_counter() - started}
     text = json.dumps(rounded(result))
     print(text, flush=True)
     if path:

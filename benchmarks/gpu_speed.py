@@ -10,11 +10,13 @@ does not depend on them), bf16 and channels_last as `dfgen synthesize` runs on C
   TFLOP/s, model-FLOPs utilization against the card's dense bf16 peak (benchmarks/gpu_common.PEAKS) and against
   this card's measured bf16 matrix-product rate, peak memory, GPU-hours for 1.2M images.
 - The naive fp32 loop of benchmarks/synth_speed.py (teacher weights requiring grad, no channels_last, a host sync
-  per iteration) at the same batch, and at its own largest batch, reported apart; the engine runs the preset's full
-  objective (diversity terms too), the naive loop plain DeepInversion, so the speed-up is not flattered.
+  per iteration) at the same batch, and at its own largest batch, reported apart. Both sides use the preset's loss
+  form ("paper", the only one the naive loop implements) and its weights; the engine also runs the diversity terms
+  the naive loop lacks, so the speed-up is not flattered.
 
     python -m benchmarks.gpu_speed [--teacher regnety_160] [--modes eager,compile] [--json OUT.json]
     python -m benchmarks.gpu_speed --teacher resnet50 --modes eager
+    python -m benchmarks.gpu_speed --cpu-smoke      # the same code on the CPU at toy size (the tests run it)
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ from benchmarks.gpu_common import (  # noqa: E402
     emit,
     flop_per_image_iteration,
     free_memory,
+    interruptible,
     is_out_of_memory,
     largest_fitting,
     matmul_tflops,
     peak_gib,
     peak_tflops,
-    require_cuda,
     reset_peak,
     schedule_figures,
     sync,
+    target_device,
 )
 from benchmarks.synth_speed import naive_loop  # noqa: E402
 from dfgen.config import LossWeights, build_config, format_schedule, parse_schedule  # noqa: E402
@@ -55,7 +58,17 @@ from dfgen.teachers import Teacher, load_teacher  # noqa: E402
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "imagenet_regnety16gf.yaml"
 CANDIDATES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 8, 4)
 MODES = ("eager", "compile")
-NAIVE_WEIGHTS = LossWeights.paper(ep=0, triplet=0)  # the reference pattern has no diversity terms
+# --cpu-smoke: the bundled digits teacher (32 px) at the paper's iteration counts, a few timed iterations.
+SMOKE = {"teacher": "digits", "schedule": [(16, 2000), (32, 2000)], "candidates": (16, 8), "warmup": 1,
+         "iterations": 2, "naive_iterations": 1, "matmul_size": 256}
+
+
+def naive_weights(weights: LossWeights) -> LossWeights:
+    """The engine's weights without the diversity terms, which the reference pattern lacks; the naive loop computes
+    the paper form's terms only, so another form would compare different objectives."""
+    if weights.form != "paper":
+        raise SystemExit(f"gpu_speed: the naive loop implements the paper loss form; the preset uses {weights.form!r}")
+    return dataclasses.replace(weights, ep=0.0, triplet=0.0)
 
 
 def preset_settings(preset: Path, teacher: Teacher, device: torch.device,
@@ -133,10 +146,10 @@ def naive_model(teacher: Teacher) -> torch.nn.Module:
     return copy.deepcopy(teacher.model).float().to(memory_format=torch.contiguous_format)
 
 
-def naive_fits(teacher: Teacher, resolution: int, batch: int, device: torch.device) -> bool:
+def naive_fits(teacher: Teacher, weights: LossWeights, resolution: int, batch: int, device: torch.device) -> bool:
     try:
         naive_loop(naive_model(teacher), teacher.mean, teacher.std, batch_labels(batch, teacher.num_classes).to(device),
-                   resolution, 1, NAIVE_WEIGHTS, device=device)
+                   resolution, 1, weights, device=device)
         return True
     except Exception as exc:
         if not is_out_of_memory(exc):
@@ -146,19 +159,18 @@ def naive_fits(teacher: Teacher, resolution: int, batch: int, device: torch.devi
         free_memory(device)
 
 
-def time_naive(teacher: Teacher, stages: list[int], batch: int, device: torch.device, warmup: int,
-               iterations: int) -> dict[str, Any]:
+def time_naive(teacher: Teacher, weights: LossWeights, stages: list[int], batch: int, device: torch.device,
+               warmup: int, iterations: int) -> dict[str, Any]:
     """Seconds per iteration of the naive loop at each stage's resolution (a call of `warmup` iterations first)."""
     model = naive_model(teacher)
     labels = batch_labels(batch, teacher.num_classes).to(device)
     reset_peak(device)
     stage_seconds = []
     for resolution in stages:
-        naive_loop(model, teacher.mean, teacher.std, labels, resolution, warmup, NAIVE_WEIGHTS, device=device)
+        naive_loop(model, teacher.mean, teacher.std, labels, resolution, warmup, weights, device=device)
         sync(device)
         start = time.perf_counter()
-        naive_loop(model, teacher.mean, teacher.std, labels, resolution, iterations, NAIVE_WEIGHTS, seed=1,
-                   device=device)
+        naive_loop(model, teacher.mean, teacher.std, labels, resolution, iterations, weights, seed=1, device=device)
         sync(device)
         stage_seconds.append((time.perf_counter() - start) / iterations)
     del model
@@ -170,9 +182,12 @@ def benchmark(teacher: Teacher, device: torch.device, preset: Path = PRESET,
               schedule: list[tuple[int, int]] | None = None, modes: tuple[str, ...] = MODES,
               candidates: tuple[int, ...] = CANDIDATES, batch: int | None = None, warmup: int = 5,
               iterations: int = 20, naive: bool = True, naive_own_largest: bool = True, naive_iterations: int = 5,
-              peak: float | None = None) -> dict[str, Any]:
-    """Every figure of the module's docstring for one teacher on `device` (a CPU works, for the tests)."""
+              peak: float | None = None, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every figure of the module's docstring for one teacher on `device` (a CPU works, for the tests), put into
+    `result` as they are measured (an interrupted run keeps the ones it has)."""
+    result = {} if result is None else result
     base = preset_settings(preset, teacher, device, schedule)
+    naive_terms = naive_weights(base.weights)
     stages = [r for r, _ in base.schedule]
     flops = [flop_per_image_iteration(teacher.model, teacher.in_chans, r, device) for r in stages]
     tried: dict[int, bool] = {}
@@ -180,12 +195,15 @@ def benchmark(teacher: Teacher, device: torch.device, preset: Path = PRESET,
         batch, tried = largest_fitting(lambda b: engine_fits(teacher, base, b, device), candidates)
         if batch is None:
             raise SystemExit(f"not even a batch of {min(candidates)} fits the {stages[-1]}px stage of {teacher.name}")
-    result: dict[str, Any] = {
-        "teacher": teacher.name, "weights": "random", "preset": preset.name, "precision": base.precision,
+    result.update({
+        "teacher": teacher.name, "preset": preset.name, "precision": base.precision,
         "channels_last": base.channels_last, "schedule": format_schedule(base.schedule), "batch": batch,
         "batch_search": {str(b): ok for b, ok in tried.items()}, "flop_per_image_iteration": flops,
+        "losses": {"engine": dataclasses.asdict(base.weights), "naive": dataclasses.asdict(naive_terms)},
+        # the naive loop is "fp32" as the reference code runs it: cuDNN's convolutions use TF32 unless turned off
+        "naive_tf32_convolutions": torch.backends.cudnn.allow_tf32,
         "timing": {"warmup_iterations": warmup, "timed_iterations": iterations}, "engine": {},
-    }
+    })
     for mode in modes:
         timed = time_engine(teacher, base, batch, device, mode == "compile", warmup, iterations)
         timed.update(schedule_figures(batch, base.schedule, timed["stage_seconds"], timed["fixed_seconds"], flops,
@@ -193,8 +211,8 @@ def benchmark(teacher: Teacher, device: torch.device, preset: Path = PRESET,
         result["engine"][mode] = timed
         print(f"engine {mode}: {timed['images_per_s']:.3g} images/s, MFU {timed['mfu']}", file=sys.stderr, flush=True)
     if naive:
-        result["naive_fp32"] = naive_figures(teacher, base, stages, batch, device, candidates, naive_own_largest,
-                                             naive_iterations, flops, peak)
+        result["naive_fp32"] = naive_figures(teacher, base, naive_terms, stages, batch, device, candidates,
+                                             naive_own_largest, naive_iterations, flops, peak)
         for key, figures in result["naive_fp32"].items():
             if figures.get("images_per_s"):
                 result[f"speedup_vs_naive_{key}"] = {mode: e["images_per_s"] / figures["images_per_s"]
@@ -202,24 +220,24 @@ def benchmark(teacher: Teacher, device: torch.device, preset: Path = PRESET,
     return result
 
 
-def naive_figures(teacher: Teacher, base: EngineSettings, stages: list[int], batch: int, device: torch.device,
-                  candidates: tuple[int, ...], own_largest: bool, iterations: int, flops: list[float],
-                  peak: float | None) -> dict[str, Any]:
+def naive_figures(teacher: Teacher, base: EngineSettings, weights: LossWeights, stages: list[int], batch: int,
+                  device: torch.device, candidates: tuple[int, ...], own_largest: bool, iterations: int,
+                  flops: list[float], peak: float | None) -> dict[str, Any]:
     """The naive loop at the engine's batch (`same_batch`, {"fits": false} if it does not) and at its own largest
     batch (`own_largest`)."""
     figures: dict[str, Any] = {}
-    sizes = {"same_batch": batch if naive_fits(teacher, stages[-1], batch, device) else None}
+    sizes = {"same_batch": batch if naive_fits(teacher, weights, stages[-1], batch, device) else None}
     if own_largest:
         smaller = tuple(b for b in candidates if b <= batch)
         sizes["own_largest"] = sizes["same_batch"] or \
-            largest_fitting(lambda b: naive_fits(teacher, stages[-1], b, device), smaller)[0]
+            largest_fitting(lambda b: naive_fits(teacher, weights, stages[-1], b, device), smaller)[0]
     timed_by_size: dict[int, dict[str, Any]] = {}
     for key, size in sizes.items():
         if size is None:
             figures[key] = {"fits": False, "batch": batch if key == "same_batch" else None}
             continue
         if size not in timed_by_size:  # its own largest is the engine's batch when that fits: timed once
-            timed = time_naive(teacher, stages, size, device, warmup=2, iterations=iterations)
+            timed = time_naive(teacher, weights, stages, size, device, warmup=2, iterations=iterations)
             timed.update(schedule_figures(size, base.schedule, timed["stage_seconds"], 0.0, flops, peak), fits=True)
             timed_by_size[size] = timed
             print(f"naive fp32 at batch {size}: {timed['images_per_s']:.3g} images/s", file=sys.stderr, flush=True)
@@ -228,6 +246,7 @@ def naive_figures(teacher: Teacher, base: EngineSettings, stages: list[int], bat
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="regnety_160", help="a timm/torchvision name, built with random weights")
     parser.add_argument("--preset", type=Path, default=PRESET)
@@ -243,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-naive-own-largest", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if the table "
                         "does not know it")
+    parser.add_argument("--cpu-smoke", action="store_true", help="the same code on the CPU at toy size: the bundled "
+                        "digits teacher, a few iterations, eager only; --teacher, --schedule, --candidates and the "
+                        "iteration counts are replaced (a test of the code, not a figure)")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -255,17 +277,31 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup < 1 or args.iterations < args.warmup or args.iterations % args.warmup:
         parser.error(f"--iterations ({args.iterations}) must be a multiple of --warmup ({args.warmup}), both >= 1")
     schedule = parse_schedule(args.schedule) if args.schedule else None
-    device = require_cuda("gpu_speed")
+    device = target_device("gpu_speed", args.cpu_smoke)
     facts = device_facts(device)
     peak, source = peak_tflops(facts["device"], args.peak_tflops)
-    ceiling = matmul_tflops(device)
-    teacher = load_teacher(args.teacher, pretrained=False, device=device)
-    result = benchmark(teacher, device, args.preset, schedule, modes, candidates, args.batch, args.warmup,
-                       args.iterations, not args.no_naive, not args.no_naive_own_largest, args.naive_iterations, peak)
-    for figures in result["engine"].values():
+    matmul_size = 8192
+    if args.cpu_smoke:  # compiling on a CPU takes minutes: the smoke times the eager engine only
+        teacher = load_teacher(SMOKE["teacher"], device=device)
+        schedule, candidates, matmul_size = SMOKE["schedule"], SMOKE["candidates"], SMOKE["matmul_size"]
+        args.warmup, args.iterations, args.naive_iterations = SMOKE["warmup"], SMOKE["iterations"], \
+            SMOKE["naive_iterations"]
+        modes = ("eager",)
+        if args.batch is not None:
+            args.batch = min(args.batch, max(candidates))
+    else:
+        teacher = load_teacher(args.teacher, pretrained=False, device=device)
+    ceiling = matmul_tflops(device, matmul_size)
+    result: dict[str, Any] = {"benchmark": "gpu_speed", "cpu_smoke": args.cpu_smoke, **facts,
+                              "peak_bf16_tflops": peak, "peak_source": source,
+                              "measured_bf16_matmul_tflops": ceiling,
+                              "teacher_weights": "bundled" if args.cpu_smoke else "random"}
+    interruptible(result, lambda r: benchmark(
+        teacher, device, args.preset, schedule, modes, candidates, args.batch, args.warmup, args.iterations,
+        not args.no_naive, not args.no_naive_own_largest, args.naive_iterations, peak, result=r))
+    for figures in result.get("engine", {}).values():
         figures["fraction_of_measured_matmul"] = figures["achieved_tflops"] / ceiling
-    emit({"benchmark": "gpu_speed", **facts, "peak_bf16_tflops": peak, "peak_source": source,
-          "measured_bf16_matmul_tflops": ceiling, **result}, args.json)
+    emit(result, args.json, started)
 
 
 if __name__ == "__main__":

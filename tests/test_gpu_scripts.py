@@ -1,9 +1,15 @@
-"""The CPU-testable parts of benchmarks/gpu_distill.py, gpu_quality.py, gpu_dry_run.py and the EfficientNet-Lite0
-factory: the training contexts per case, the stored-soft-label batch, a distill step and `distill.train` on JPEG
-shards at toy size, pixel comparison by hand, the same-seed determinism of the comparison, the dry run's text
-parsed, and the refusal without CUDA."""
+"""The CPU-testable parts of benchmarks/gpu_distill.py, gpu_quality.py, gpu_dry_run.py, gpu_check.sh and the
+EfficientNet-Lite0 factory: each script's --cpu-smoke run (the same code at toy size, one JSON line last), the
+training contexts per case, the stored-soft-label batch, `distill.train` on JPEG shards, pixel comparison by hand,
+the same-seed determinism of the comparison, the dry run's text parsed, gpu_check.sh's plumbing in its CPU form, and
+the one-line refusal without CUDA."""
 
+import json
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +17,8 @@ import torch
 from benchmarks import gpu_distill, gpu_dry_run, gpu_quality
 from distill.config import build_config as distill_config
 
+ROOT = Path(__file__).resolve().parents[1]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-MICRO = {"num_classes": 10, "in_chans": 1, "img_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +58,26 @@ def test_stored_batch_holds_top_k_logits_led_by_the_label():
     assert gpu_distill.host_batch(6, 20, 3, 16, stored=False)["soft"] is None
 
 
-def test_measure_case_runs_distills_step(recipe, digits_teacher):
-    r = gpu_distill.measure_case(recipe, "dearkd_micro_patch4_32", "stage1_online", digits_teacher,
-                                 torch.device("cpu"), 2, "fp32", 1, 1, **MICRO)
-    assert r["images_per_s"] > 0 and r["hidden_loss"] and r["peak_memory_gib"] is None
-    assert r["parameters_m"] == pytest.approx(0.68, abs=0.01) and r["loss"] > 0
-    assert not digits_teacher.model._forward_hooks  # the teacher's hooks are gone
+def last_json(capsys) -> dict:
+    """The JSON line a benchmark prints last."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_distill_cpu_smoke_compares_dearkd_with_timms_deit_at_the_same_size(digits_teacher, tmp_path, capsys):
+    gpu_distill.main(["--cpu-smoke", "--cases", "stage1_online,stage2", "--json", str(tmp_path / "r.json")])
+    r = last_json(capsys)
+    assert r == json.loads((tmp_path / "r.json").read_text()) and r["cpu_smoke"] and r["wall_s"] > 0
+    assert r["student"] == "dearkd_micro_patch4_32" and r["baseline"] == "deit_tiny_distilled_patch16_224"
+    assert (r["batch"], r["precision"], r["img_size"], r["num_classes"]) == (4, "fp32", 32, 10)
+    assert set(r["steps"]) == {"stage1_online", "stage2"} and "end_to_end" not in r
+    for case, row in r["steps"].items():
+        student, baseline = row["dearkd_micro_patch4_32"], row["deit_tiny_distilled_patch16_224"]
+        # the baseline is built at the micro's size: the two differ by MHCA alone
+        assert student["parameters_m"] == pytest.approx(baseline["parameters_m"], rel=0.01)
+        assert student["images_per_s"] > 0 and baseline["images_per_s"] > 0 and student["loss"] > 0
+        assert row["ratio"] == pytest.approx(student["images_per_s"] / baseline["images_per_s"], rel=2e-3)
+        assert student["hidden_loss"] == (case == "stage1_online") and not baseline["hidden_loss"]
+    assert not digits_teacher.model._forward_hooks  # the online teacher's hooks are gone
 
 
 def test_jpeg_shards_hold_every_sample_with_its_label(tmp_path):
@@ -131,12 +151,28 @@ def test_dry_run_text_is_read_for_its_estimate():
         gpu_dry_run.parse_estimate("teacher digits")
 
 
-def test_dry_run_check_on_cpu():
-    options = {"teacher": "digits", "n": 8, "schedule": "8:2,16:2", "classes_per_batch": 2, "images_per_class": 2,
-               "flip": False, "device": "cpu"}
-    r = gpu_dry_run.check(options, random_init=False)
-    assert r["n"] == 8 and r["rank0_images"] == 8 and r["measured_s"] > 0 and r["estimated_images_per_s"] > 0
+def test_dry_run_cpu_smoke_compares_the_estimate_with_the_run(capsys):
+    gpu_dry_run.main(["--cpu-smoke"])
+    r = last_json(capsys)
+    assert r["cpu_smoke"] and r["teacher"] == "digits" and r["n"] == 16 and r["rank0_images"] == 16
+    assert r["estimated_s"] > 0 and r["measured_s"] > 0 and r["wall_s"] >= r["measured_s"]
+    assert r["measured_over_estimated"] == pytest.approx(r["measured_s"] / r["estimated_s"], rel=2e-3)
     assert any(line.startswith("time") for line in r["dry_run_text"])
+    assert not any(line.startswith("probe") for line in r["dry_run_text"])  # flips and distances given: no probe
+
+
+def test_quality_cpu_smoke_compares_fp32_with_bf16_channels_last(capsys):
+    gpu_quality.main(["--cpu-smoke"])
+    r = last_json(capsys)
+    assert r["cpu_smoke"] and r["batch"] == 10 and r["schedule"] == "16:8,32:8" and r["wall_s"] > 0
+    fp32, fast = r["variants"]["fp32"], r["variants"]["bf16_channels_last"]
+    assert (fp32["precision"], fp32["channels_last"], fast["precision"], fast["channels_last"]) == \
+        ("fp32", False, "bf16", True)
+    for v in (fp32, fast):
+        assert v["seconds"] > 0 and 0 <= v["agreement"] <= 1 and 0 < v["target_prob"] <= 1
+    pixels = r["pixels"]
+    assert pixels["between"] == ["fp32", "bf16_channels_last"]
+    assert 0 <= pixels["identical"] <= pixels["within_2_levels"] <= 1 and 0 <= pixels["max_abs_levels"] <= 255
 
 
 @no_cuda
@@ -145,3 +181,16 @@ def test_refuses_without_cuda(module):
     with pytest.raises(SystemExit) as exc:
         module.main([])
     assert isinstance(exc.value.code, str) and "no CUDA GPU" in exc.value.code and "\n" not in exc.value.code
+
+
+def test_gpu_check_cpu_smoke_collects_a_sections_json(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "GPU_CHECK_CPU_SMOKE": "1",
+           "GPU_CHECK_SECTIONS": "dry_run", "GPU_CHECK_SITE": str(tmp_path / "site")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert merged["cpu_smoke"] and merged["device"] == "cpu" and set(merged["sections"]) == {"dry_run"}
+    section = merged["sections"]["dry_run"]
+    assert section["rc"] == 0 and section["result"]["benchmark"] == "gpu_dry_run" and section["result"]["cpu_smoke"]
+    assert "===== dry_run: rc 0" in (tmp_path / "out" / "gpu_check.log").read_text()

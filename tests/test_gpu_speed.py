@@ -92,22 +92,47 @@ def test_batch_search_needs_the_last_stage_to_fit(digits_teacher):
     assert largest_fitting(fits, (8, 4)) == (4, {8: False, 4: True})
 
 
-def test_benchmark_result_on_cpu(digits_teacher):
-    r = gpu_speed.benchmark(digits_teacher, torch.device("cpu"), schedule=[(8, 2000), (16, 2000)], modes=("eager",),
-                            batch=4, warmup=1, iterations=2, naive_iterations=1, peak=2.0)
-    assert r["batch"] == 4 and r["schedule"] == "8:2000,16:2000" and r["batch_search"] == {}
+def test_cpu_smoke_runs_the_whole_benchmark_and_prints_one_json_line_last(tmp_path, capsys):
+    gpu_speed.main(["--cpu-smoke", "--peak-tflops", "1", "--json", str(tmp_path / "r.json")])
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    r = json.loads(printed)
+    assert r == json.loads((tmp_path / "r.json").read_text())
+    assert r["cpu_smoke"] and r["device"] == "cpu" and r["teacher"] == "digits" and r["wall_s"] > 0
+    assert r["batch"] == 16 and r["batch_search"] == {"16": True} and r["schedule"] == "16:2000,32:2000"
+    # the same loss form and weights on both sides, the engine adding only the diversity terms
+    engine, naive = r["losses"]["engine"], r["losses"]["naive"]
+    assert engine["form"] == naive["form"] == "paper" and naive["ep"] == naive["triplet"] == 0 < engine["ep"]
+    assert {k: v for k, v in engine.items() if k not in ("ep", "triplet")} == \
+        {k: v for k, v in naive.items() if k not in ("ep", "triplet")}
     flops = r["flop_per_image_iteration"]
-    assert len(flops) == 2 and flops[1] == pytest.approx(4 * flops[0], rel=0.05)  # 4x the pixels
+    assert flops[1] == pytest.approx(4 * flops[0], rel=0.05)  # 4x the pixels
     eager = r["engine"]["eager"]
-    assert len(eager["stage_seconds"]) == 2 and min(eager["stage_seconds"]) > 0 and eager["fixed_seconds"] >= 0
-    assert eager["images_per_s"] == pytest.approx(4 / (2000 * sum(eager["stage_seconds"]) + eager["fixed_seconds"]))
-    assert eager["mfu"] == pytest.approx(eager["achieved_tflops"] / 2.0)
-    naive = r["naive_fp32"]
-    assert naive["same_batch"]["fits"] and naive["same_batch"]["batch"] == 4
-    assert naive["own_largest"] is naive["same_batch"]  # the same batch: timed once
+    assert set(r["engine"]) == {"eager"} and min(eager["stage_seconds"]) > 0 and eager["fixed_seconds"] >= 0
+    assert eager["images_per_s"] == pytest.approx(16 / (2000 * sum(eager["stage_seconds"]) + eager["fixed_seconds"]),
+                                                  rel=2e-3)
+    assert eager["mfu"] == pytest.approx(eager["achieved_tflops"], rel=2e-3)  # against a peak of 1 TFLOP/s
+    naive_run = r["naive_fp32"]["same_batch"]
+    assert naive_run["fits"] and naive_run["batch"] == 16 and r["naive_fp32"]["own_largest"] == naive_run
     assert r["speedup_vs_naive_same_batch"]["eager"] == pytest.approx(
-        eager["images_per_s"] / naive["same_batch"]["images_per_s"])
-    json.dumps(gpu_common.rounded(r))
+        eager["images_per_s"] / naive_run["images_per_s"], rel=2e-3)
+    assert "interrupted" not in r
+
+
+def test_naive_comparison_needs_the_paper_form():
+    from dfgen.config import LossWeights
+
+    assert gpu_speed.naive_weights(LossWeights.paper()).ep == 0
+    with pytest.raises(SystemExit, match="paper loss form"):
+        gpu_speed.naive_weights(LossWeights())
+
+
+def test_interrupted_run_keeps_what_it_measured():
+    def fill(r):
+        r["first"] = 1
+        raise KeyboardInterrupt
+
+    r = gpu_common.interruptible({"benchmark": "x"}, fill)
+    assert r["first"] == 1 and "SIGINT" in r["interrupted"]
 
 
 @pytest.mark.parametrize("args, message", [
