@@ -26,8 +26,8 @@ from dfgen.synthesize import describe_plan, synthesize  # noqa: E402
 from dfgen.teachers import load_teacher  # noqa: E402
 
 UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "days": 86400.0}
-# --cpu-smoke: the bundled digits teacher, 2 batches of 4 classes x 2 images through a short 32 px schedule.
-SMOKE = {"teacher": "digits", "n": 16, "schedule": "16:10,32:10", "classes_per_batch": 4, "images_per_class": 2,
+# --cpu-smoke: the bundled digits teacher, 2 batches of 2 classes x 2 images through a short 32 px schedule.
+SMOKE = {"teacher": "digits", "n": 8, "schedule": "16:5,32:5", "classes_per_batch": 2, "images_per_class": 2,
          "flip": False, "ep_reach": 0.3, "margin": 0.5, "device": "cpu"}  # given, as in the GPU run: no probe
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedule", default="112:100,224:100")
     parser.add_argument("--classes-per-batch", type=int, default=32)
     parser.add_argument("--cpu-smoke", action="store_true", help="the same code on the CPU at toy size: the digits "
-                        "teacher (its own weights), 16 images, 16:10,32:10 (a test of the code, not a figure)")
+                        "teacher (its own weights), 8 images, 16:5,32:5 (a test of the code, not a figure)")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.n < 1 or args.classes_per_batch < 1:
