@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO ?= demo_out
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo clean gpu-wheels
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: venv
 	$(BIN)/distill run --config configs/distill_digits.yaml --shards $(DEMO)/synthetic --val $(DEMO)/real/test --out $(DEMO)/run --resume
 	@echo "DearKD student (EMA weights) trained on synthetic digits only, on the real held-out digits:"
 	$(BIN)/distill eval --checkpoint $(DEMO)/run/last.pt --data $(DEMO)/real/test --ema
+
+# Wheels that benchmarks/gpu_check.sh installs on a GPU machine without network (.whl/, ignored by git; the README's
+# "GPU figures" section gives the device call that carries it).
+gpu-wheels:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
