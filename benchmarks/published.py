@@ -204,15 +204,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     [synthetic["boundary"]["path"], synthetic["plain"]["path"]], judge)
         curve = {}
         if args.curve and not args.toy:
-            for iters in CURVE:
+            for iters in args.curve_iterations:
+                point = f"n{args.curve_n}_{iters}"
                 schedule = f"7:{iters},14:{iters},28:{iters}"
-                jobs.submit(f"curve_syn_{iters}", cached, results / f"curve_syn_{iters}.json", synthesize_job,
-                            out / f"curve_{iters}", teacher, settings["teacher"], args.curve_n, False, schedule)
-            for iters in CURVE:
-                path = jobs.result(f"curve_syn_{iters}")["path"]
-                jobs.submit(f"curve_kd_{iters}", cached, results / f"curve_kd_{iters}.json", kd_job, teacher, path,
-                            real["test"], settings["kd_epochs"], settings["kd_epochs"] * (n // 128))
-            curve = {str(3 * iters): jobs.result(f"curve_kd_{iters}")["acc"] for iters in CURVE}
+                jobs.submit(f"curve_syn_{point}", cached, results / f"curve_syn_{point}.json", synthesize_job,
+                            out / f"curve_{point}", teacher, settings["teacher"], args.curve_n, False, schedule)
+            for iters in args.curve_iterations:  # the student's steps fixed at the main rows' budget
+                point = f"n{args.curve_n}_{iters}"
+                path = jobs.result(f"curve_syn_{point}")["path"]
+                jobs.submit(f"curve_kd_{point}", cached, results / f"curve_kd_{point}.json", kd_job, teacher, path,
+                            real["test"], settings["kd_epochs"], settings["kd_epochs"] * max(1, n // 128))
+            curve = {f"{args.curve_n} images x {3 * iters} iterations":
+                     jobs.result(f"curve_kd_n{args.curve_n}_{iters}")["acc"] for iters in args.curve_iterations}
         students = {student: {key: jobs.result(f"{student}_{key}")["acc"] for key in DATA_KEYS}
                     for student in ("lenet5_half", "dearkd_micro")}
         report = jobs.result("report")
@@ -237,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "diversity": {key: report[key]["teacher_feature_diversity"] for key in ("boundary", "plain")},
         "judge_diversity": {key: report[key]["judge_feature_diversity"] for key in ("boundary", "plain")},
         "judge_top1": {key: report[key]["judge_top1"] for key in ("boundary", "plain")},
-        "curve_lenet5_half_by_iterations": curve,
+        "curve_lenet5_half_by_budget": curve,
         "published": PUBLISHED[args.dataset],
         "seconds": seconds,
     }
@@ -254,6 +257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="iterations per stage of the three-stage schedule [the default schedule: 200]")
     parser.add_argument("--curve", action="store_true", help="also the student's accuracy against the budget")
     parser.add_argument("--curve-n", type=int, default=2000, help="images per point of the curve [2000]")
+    parser.add_argument("--curve-iterations", type=int, nargs="+", default=CURVE,
+                        help=f"iterations per stage of the curve's points [{' '.join(map(str, CURVE))}]")
     parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
     parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
     return parser.parse_args(argv)

@@ -160,13 +160,13 @@ def kd_job(teacher: dict[str, Any], train: str, test: str, epochs: int, steps: i
 
 
 def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
-                steps_like: int | None = None, toy: bool = False) -> dict[str, Any]:
+                steps_like: int | None = None, toy: bool = False, soft_labels: str = "online") -> dict[str, Any]:
     """DearKD micro through `distill run`, the teacher the synthetic set records (for the real row too)."""
     import distill
 
     start = time.perf_counter()
     preset, overrides = DISTILL[data]
-    overrides = {**overrides, **(TOY["distill"] if toy else {})}
+    overrides = {**overrides, **(TOY["distill"] if toy else {}), "soft_labels": soft_labels}
     config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
                                   resume=True, **overrides)
     if steps_like:  # the real row: as many steps as the synthetic run, the same stage split
@@ -222,6 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
                                 out / f"run_dearkd_{row}_{key}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
+                if args.stored_soft_labels and key in args.variant_teachers:  # no teacher: no hidden loss
+                    jobs.submit(f"dearkd_stored_{key}", cached, results / f"dearkd_stored_{key}.json", distill_job,
+                                out / f"run_dearkd_stored_{key}", TEACHERS[key]["data"], path, data["test"], path,
+                                None, args.toy, "stored")
         matrix: dict[str, Any] = {}
         for key in teachers:
             syn = jobs.result(f"synthesize_{key}")
@@ -230,6 +234,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.no_dearkd:
                 cells["dearkd_micro"] = {"synthetic": jobs.result(f"dearkd_syn_{key}")["acc"],
                                          "real": jobs.result(f"dearkd_real_{key}")["acc"]}
+            if args.stored_soft_labels and key in args.variant_teachers and not args.no_dearkd:
+                stored, online = jobs.result(f"dearkd_stored_{key}"), jobs.result(f"dearkd_syn_{key}")
+                cells["dearkd_micro"]["synthetic_stored_soft_labels"] = stored["acc"]
+                cells["dearkd_micro"]["seconds_online_vs_stored"] = [online["seconds"], stored["seconds"]]
             for cell in cells.values():
                 cell["ratio"] = round(cell["synthetic"] / max(cell["real"], 1e-9), 4)
             derived = syn["derived"] or {}
@@ -257,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teachers", nargs="*", choices=sorted(TEACHERS), help="a subset of the teachers")
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="other synthesis settings, small_cnn cells only")
+    parser.add_argument("--stored-soft-labels", action="store_true",
+                        help="also DearKD micro from the stored soft labels, no teacher (variant teachers)")
     parser.add_argument("--variant-teachers", nargs="*", default=["digits_cnn", "lenet5_bn_mnist"],
                         choices=sorted(TEACHERS), help="the teachers the variants run on [digits_cnn lenet5_bn_mnist]")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro column (the slow one)")
