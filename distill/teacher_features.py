@@ -53,17 +53,15 @@ def _candidate_modules(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_children()]
 
 
-def teacher_stages(model: nn.Module, input_size: tuple[int, int, int]) -> list[Stage]:
-    """The hookable stages of `model` with their output channels and sizes for a `(C, H, W)` input (one probe
-    forward pass of a zero image)."""
-    names, outputs, hooks = [], {}, []
-    for name in _candidate_modules(model):
+def _probe_outputs(model: nn.Module, names: list[str], input_size: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """The outputs of the named modules on one zero image, in the order the forward pass produced them."""
+    outputs, hooks = {}, []
+    for name in names:
         try:
             module = model.get_submodule(name)
         except AttributeError:
             continue
-        names.append(name)
-        hooks.append(module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o)))
+        hooks.append(module.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, o)))
     param = next(model.parameters())
     try:
         with torch.no_grad():
@@ -71,11 +69,28 @@ def teacher_stages(model: nn.Module, input_size: tuple[int, int, int]) -> list[S
     finally:
         for hook in hooks:
             hook.remove()
-    stages = []
-    for name in names:
-        out = outputs.get(name)
-        if isinstance(out, torch.Tensor) and out.dim() == 4:
-            stages.append(Stage(len(stages), name, int(out.shape[1]), (int(out.shape[2]), int(out.shape[3]))))
+    return outputs
+
+
+def _maps(outputs: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    return [(name, out) for name, out in outputs.items() if isinstance(out, torch.Tensor) and out.dim() == 4]
+
+
+def teacher_stages(model: nn.Module, input_size: tuple[int, int, int]) -> list[Stage]:
+    """The hookable stages of `model` with their output channels and sizes for a `(C, H, W)` input (one probe
+    forward pass of a zero image): timm's feature_info modules, else the top-level children; for a model whose
+    children give no feature map (a network wrapped in one Sequential, a user's model file) the last module at
+    each spatial size, in forward order."""
+    maps = _maps(_probe_outputs(model, _candidate_modules(model), input_size))
+    if not maps:
+        every = [name for name, _ in model.named_modules() if name]
+        by_size: dict[tuple[int, int], tuple[str, torch.Tensor]] = {}
+        for name, out in _maps(_probe_outputs(model, every, input_size)):
+            by_size.pop(tuple(out.shape[2:]), None)  # re-insert: the size's entry moves to its latest module
+            by_size[tuple(out.shape[2:])] = (name, out)
+        maps = list(by_size.values())
+    stages = [Stage(i, name, int(out.shape[1]), (int(out.shape[2]), int(out.shape[3])))
+              for i, (name, out) in enumerate(maps)]
     if not stages:
         raise DistillError("could not find any intermediate feature map of the teacher to align with")
     return stages

@@ -265,3 +265,25 @@ def test_corrupt_shards_found_by_two_workers_are_counted_and_stop_the_run(digits
                                            r"more than the 0 allowed"):
         train(tiny_config(digits, tmp_path / "stop", shards=[str(data)], val=None, epochs=1, stage1_epochs=0,
                           max_bad_shards=0, workers=2, attn_images=0))
+
+
+def test_a_teacher_wrapped_in_one_sequential_gives_its_last_module_at_each_size():
+    """A user's model file often wraps the whole network in one Sequential: its one child gives logits, so the
+    stages come from the modules inside (the last module at each spatial size, in forward order)."""
+    from torch import nn
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                                     nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                     nn.Linear(8 * 7 * 7, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+    stages = teacher_stages(Wrapped().eval(), (1, 28, 28))
+    assert [(s.index, s.name, s.channels, s.hw) for s in stages] == [
+        (0, "net.2", 4, (28, 28)), (1, "net.5", 8, (14, 14)), (2, "net.6", 8, (7, 7))]
+    with pytest.raises(DistillError, match="any intermediate feature map"):
+        teacher_stages(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28))
