@@ -121,6 +121,18 @@ def kd_job(teacher: dict[str, Any], train: str, test: str, epochs: int, steps: i
     return {"acc": round(acc, 4), "epochs": epochs, "seconds": round(time.perf_counter() - start)}
 
 
+def same_steps(config: Any, images: int, steps_like: int) -> None:
+    """A real row with as many steps as a run on `steps_like` images: a larger set trains on a seeded share of
+    its images (`--fraction`) for the same epochs, a smaller one for more epochs (the same stage split)."""
+    if images > steps_like:
+        config.fraction = [round(steps_like / images, 6)]
+        return
+    ratio = config.stage1_epochs / config.epochs
+    config.epochs = max(1, round(config.epochs * steps_like / images))
+    config.stage1_epochs = round(config.epochs * ratio)
+    config.eval_every = config.epochs
+
+
 def distill_job(out: Path, train: str, test: str, teacher_from: str, epochs: int | None,
                 steps_like: int | None = None) -> dict[str, Any]:
     """DearKD micro through `distill run` (the teacher the synthetic set records, for real data too)."""
@@ -131,11 +143,8 @@ def distill_job(out: Path, train: str, test: str, teacher_from: str, epochs: int
                                  "eval_every": epochs} if epochs else {}
     config = distill.build_config(DISTILL_PRESET, shards=[train], val=test, out=str(out), teacher=teacher_from,
                                   quiet=True, resume=True, **overrides)
-    if steps_like:  # real rows: as many steps as a run on `steps_like` images, the same stage split
-        images = json.loads((Path(train) / "dataset.json").read_text())["n"]
-        config.epochs = max(1, round(config.epochs * steps_like / max(1, images)))
-        config.stage1_epochs = round(config.epochs * 5 / 6)
-        config.eval_every = config.epochs
+    if steps_like:
+        same_steps(config, json.loads((Path(train) / "dataset.json").read_text())["n"], steps_like)
     distill.train(config)
     result = distill.evaluate_checkpoint(out / "last.pt", test, device="cpu", ema=config.ema)
     return {"acc": round(result["top1"] / 100, 4), "epochs": config.epochs,

@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a file: the repository root makes `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jobs import Jobs  # noqa: E402
+from benchmarks.published import cached, same_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ROOT / "benchmarks" / "small_nets.py"
@@ -66,16 +67,6 @@ VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the u
 }
 TOY = {"n": 20, "schedule": "2", "kd_epochs": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
-
-
-def cached(path: Path, compute, *args: Any, **kwargs: Any) -> Any:
-    """The JSON result at `path`, computing and saving it first if absent (phases survive interruptions)."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute(*args, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
 
 
 def digits_data():
@@ -169,12 +160,8 @@ def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
     overrides = {**overrides, **(TOY["distill"] if toy else {}), "soft_labels": soft_labels}
     config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
                                   resume=True, **overrides)
-    if steps_like:  # the real row: as many steps as the synthetic run, the same stage split
-        images = json.loads((Path(train) / "dataset.json").read_text())["n"]
-        ratio = config.stage1_epochs / config.epochs
-        config.epochs = max(1, round(config.epochs * steps_like / max(1, images)))
-        config.stage1_epochs = round(config.epochs * ratio)
-        config.eval_every = config.epochs
+    if steps_like:
+        same_steps(config, json.loads((Path(train) / "dataset.json").read_text())["n"], steps_like)
     distill.train(config)
     result = distill.evaluate_checkpoint(out / "last.pt", test, device="cpu", ema=config.ema)
     return {"acc": round(result["top1"] / 100, 4), "epochs": config.epochs,
