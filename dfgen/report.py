@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dfgen import __version__
+from dfgen.atomic import write_json_atomic
 from dfgen.errors import DfgenError
 from dfgen.report_data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
 from dfgen.report_html import grid_image, grouped_bars, histogram, write_html
@@ -165,12 +165,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(path, _json_safe(data), sort_keys=False, allow_nan=False)
 
 
 def _measure_dataset(
