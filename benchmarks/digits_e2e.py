@@ -24,22 +24,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import distill
-from dfgen.config import build_config as synthesis_config
-from dfgen.realdata import export_digits, write_image_dataset
-from dfgen.report import make_report
-from dfgen.synthesize import synthesize
-from dfgen.teachers import load_teacher
-from dfgen.zoo.digits import evaluate, load_digits_split
+if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import distill  # noqa: E402
+from benchmarks.jobs import Jobs  # noqa: E402
+from dfgen.config import build_config as synthesis_config  # noqa: E402
+from dfgen.realdata import export_digits, write_image_dataset  # noqa: E402
+from dfgen.report import make_report  # noqa: E402
+from dfgen.synthesize import synthesize  # noqa: E402
+from dfgen.teachers import load_teacher  # noqa: E402
+from dfgen.zoo.digits import evaluate, load_digits_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHESIS_PRESET = ROOT / "configs" / "digits.yaml"
@@ -58,10 +60,6 @@ STUDENTS: dict[str, tuple[str, str, dict[str, Any]]] = {
 def lpips_available() -> bool:
     home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
     return (home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file()
-
-
-def _set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def synthesize_job(out: Path, n: int, seed: int, schedule: str | None, compile_teacher: bool,
@@ -89,32 +87,6 @@ def student_job(out: Path, shards: Path, val: Path, model: str, epochs: int | No
     return {"top1": round(result["top1"], 2), "n": result["n"], "epochs": config.epochs,
             "train_images": json.loads((shards / "dataset.json").read_text())["n"],
             "stage1_epochs": config.stage1_epochs, "ema": config.ema, "seconds": round(time.perf_counter() - start)}
-
-
-class Jobs:
-    """Runs jobs in a process pool (or inline with jobs=1), keeping the futures by name."""
-
-    def __init__(self, jobs: int, threads: int) -> None:
-        self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_set_threads,
-                                         initargs=(threads,)) if jobs > 1 else None)
-        if self.pool is None:
-            torch.set_num_threads(threads)
-        self.futures: dict[str, Future] = {}
-
-    def submit(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        if self.pool is not None:
-            self.futures[name] = self.pool.submit(fn, *args, **kwargs)
-            return
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        self.futures[name] = future
-
-    def result(self, name: str) -> Any:
-        return self.futures[name].result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
 
 
 def synthetic_figures(entry: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def claim_out_dir(run: RunPlan) -> None:
         raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
     if existing is not None:
         if not run.config.overwrite:
-            raise DfgenError(_mismatch(out, existing.get("content", {}), content))
+            raise DfgenError(_mismatch(out, existing, content, run.requested_content()))
         if run.world_size > 1:
             raise DfgenError("--overwrite with several processes would race; delete the output directory first")
         shutil.rmtree(out / "shards", ignore_errors=True)
@@ -50,24 +50,32 @@ def claim_out_dir(run: RunPlan) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         config_path,
-        {"fingerprint": config_fingerprint(content), "content": content, "dataset": dataset_description(run),
-         "derived": derived_record(run)},
+        {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
+         "dataset": dataset_description(run), "derived": derived_record(run)},
     )
     (out / "shards").mkdir(exist_ok=True)
 
 
-def _mismatch(out: Path, old: dict[str, Any], new: dict[str, Any]) -> str:
-    """Why `out` is refused: the content keys that differ; for the execution alone, how to match it."""
-    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requested: dict[str, Any]) -> str:
+    """Why `out` is refused: for the execution alone, how to match it; else the keys the user asked differently
+    (derived values follow from them), else the resolved keys that differ."""
+    old = existing.get("content", {})
+    changed = _differing(old, content)
     if [k for k in changed if k != "precision"] == ["execution"] and isinstance(old.get("execution"), dict):
-        was, now = old["execution"], new["execution"]
+        was, now = old["execution"], content["execution"]
         flags = f"--precision {was.get('precision')}" + (" --compile" if was.get("compile") else "")
         return (f"{out} was made with {_describe_execution(was)}, but this process would compute with "
                 f"{_describe_execution(now)}, which writes different bytes into the same dataset; run it on a "
                 f"{was.get('device')} device with {flags}{'' if was.get('compile') else ' (no --compile)'}, or pass "
                 "--overwrite to replace it")
+    if existing.get("requested") and existing["requested"] != requested:
+        changed = _differing(existing["requested"], requested)
     return (f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
             "command to continue it, or pass --overwrite to replace it")
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
 
 
 def _describe_execution(execution: dict[str, Any]) -> str:

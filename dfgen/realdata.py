@@ -1,18 +1,88 @@
 """Real image sets in the SPEC section 3 format, the reference side of every benchmark: the same
-shards, index and dataset.json as a synthetic set, with `"kind": "real"`."""
+shards, index and dataset.json as a synthetic set, with `"kind": "real"`. Writing streams (one shard's raw
+pixels in memory at a time, PNGs encoded as the tar is written); `read_image_dataset` reads any such set back."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
+import io
+import itertools
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dfgen import __version__
+from dfgen.errors import DfgenError
 from dfgen.shards import Sample, build_index, encode_image, image_key, write_json_atomic, write_shard
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def write_image_stream(
+    out: Path,
+    samples: Iterable[tuple[np.ndarray, int]],
+    description: dict[str, Any],
+    shard_size: int = 1000,
+    fmt: str = "png",
+) -> Path:
+    """Write (uint8 (C, H, W) array, label) pairs as shards + index.json + dataset.json, one shard at a time."""
+    out = Path(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    stream: Iterator[tuple[np.ndarray, int]] = iter(samples)
+    sidecars: list[dict[str, Any]] = []
+    counts: dict[int, int] = {}
+    shape: tuple[int, ...] | None = None
+    n = 0
+    while chunk := list(itertools.islice(stream, shard_size)):
+        for i, (pixels, label) in enumerate(chunk, start=n):
+            shape = shape or tuple(pixels.shape)
+            if pixels.dtype != np.uint8 or tuple(pixels.shape) != shape or len(shape) != 3:
+                raise DfgenError(f"image {i} is {pixels.dtype} {tuple(pixels.shape)}; every image must be uint8 "
+                                 f"(C, H, W) of one shape ({shape})")
+            counts[int(label)] = counts.get(int(label), 0) + 1
+        encoded = (Sample(key=image_key(i), image=encode_image(pixels, fmt), label=int(label),
+                          meta={"index": i, "label": int(label)})
+                   for i, (pixels, label) in enumerate(chunk, start=n))
+        sidecars.append(write_shard(out, len(sidecars), encoded, fmt,
+                                    {"first_index": n, "last_index": n + len(chunk) - 1}))
+        n += len(chunk)
+    if shape is None:
+        raise DfgenError(f"no images to write to {out}")
+    _remove_stale_shards(out, len(sidecars))
+    num_classes = int(description.get("num_classes", max(counts) + 1))
+    dataset = {
+        "kind": "real",
+        "tool": "dfgen",
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n": n,
+        "num_classes": num_classes,
+        "classes": [str(i) for i in range(num_classes)],
+        "class_counts": [counts.get(c, 0) for c in range(num_classes)],
+        "in_chans": int(shape[0]),
+        "image_size": [int(v) for v in shape],
+        "num_shards": len(sidecars),
+        "shard_size": shard_size,
+        "format": fmt,
+        **description,
+    }
+    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
+    write_json_atomic(out / "dataset.json", dataset)
+    return out
+
+
+def _remove_stale_shards(out: Path, count: int) -> None:
+    """A rewrite with fewer images must not leave the old run's later shards beside the new index."""
+    for path in (out / "shards").glob("shard-*"):
+        number = path.name.split(".")[0].removeprefix("shard-")
+        if number.isdigit() and int(number) >= count:
+            path.unlink()
 
 
 def write_image_dataset(
@@ -24,43 +94,102 @@ def write_image_dataset(
     fmt: str = "png",
 ) -> Path:
     """Write uint8 (N, C, H, W) images with int labels as shards + index.json + dataset.json."""
-    out = Path(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    n = int(images.shape[0])
-    sidecars = []
-    for shard in range(math.ceil(n / shard_size)):
-        indices = range(shard * shard_size, min(n, (shard + 1) * shard_size))
-        samples = [
-            Sample(
-                key=image_key(i),
-                image=encode_image(images[i].numpy(), fmt),
-                label=int(labels[i]),
-                meta={"index": i, "label": int(labels[i])},
-            )
-            for i in indices
-        ]
-        sidecars.append(write_shard(out, shard, samples, fmt, {"first_index": indices.start,
-                                                               "last_index": indices.stop - 1}))
-    num_classes = int(description.get("num_classes", int(labels.max()) + 1))
-    dataset = {
-        "kind": "real",
-        "tool": "dfgen",
-        "version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "n": n,
-        "num_classes": num_classes,
-        "classes": [str(i) for i in range(num_classes)],
-        "class_counts": np.bincount(labels.numpy(), minlength=num_classes).tolist(),
-        "in_chans": int(images.shape[1]),
-        "image_size": [int(v) for v in images.shape[1:]],
-        "num_shards": len(sidecars),
-        "shard_size": shard_size,
-        "format": fmt,
-        **description,
-    }
-    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
-    write_json_atomic(out / "dataset.json", dataset)
-    return out
+    if len(images) != len(labels):
+        raise DfgenError(f"{len(images)} images but {len(labels)} labels")
+    pairs = ((images[i].numpy(), int(labels[i])) for i in range(len(images)))
+    return write_image_stream(out, pairs, description, shard_size, fmt)
+
+
+def read_image_dataset(path: Path, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset directory (synthetic or real) -> uint8 (N, C, H, W) images and int64 labels (the `.cls` entries),
+    in index order. Meant for small sets (a few 10k images at 28-32 px)."""
+    path = Path(path)
+    try:
+        shardlist = json.loads((path / "index.json").read_text())["shardlist"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DfgenError(f"{path} has no readable index.json ({type(exc).__name__}); is it a dfgen dataset? "
+                         f"(`dfgen index {path}` rebuilds the index)") from None
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for entry in shardlist:
+        if limit is not None and len(images) >= limit:
+            break
+        url = path / entry["url"]
+        try:
+            with tarfile.open(url) as tar:
+                members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+                samples: dict[str, dict[str, bytes]] = {}
+                for member in members:
+                    key, _, ext = member.name.partition(".")
+                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        except (OSError, tarfile.TarError) as exc:
+            raise DfgenError(f"cannot read shard {url} ({exc}); rerun the command that made {path}") from None
+        for key in sorted(samples):
+            sample = samples[key]
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is None or "cls" not in sample:
+                raise DfgenError(f"sample {key} of {url} lacks an image or a .cls label")
+            with Image.open(io.BytesIO(sample[ext])) as image:
+                pixels = np.asarray(image)
+            images.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+            labels.append(int(sample["cls"]))
+    if not images:
+        raise DfgenError(f"{path} holds no images")
+    images, labels = images[:limit], labels[:limit]
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """A deterministic stratified subset: round(fraction x count) images of each class (at least one), drawn
+    by a seeded permutation within the class, returned in the original order."""
+    if not 0 < fraction <= 1:
+        raise DfgenError(f"the train fraction must be in (0, 1], got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        keep = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.cat(chosen).sort().values
+
+
+def export_real(
+    name: str,
+    out: Path,
+    train_fraction: float | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    shard_size: int = 1000,
+    fmt: str = "png",
+) -> list[Path]:
+    """Write real MNIST or Fashion-MNIST as OUT/train and OUT/test. `train_fraction` keeps a stratified
+    deterministic share of the train split (seeded by `seed`); `limit` keeps the first N images of each split
+    (after the fraction), for toy runs."""
+    from dfgen.real_sources import CLASS_NAMES, canonical_name, read_real_splits, source_description
+
+    name = canonical_name(name)
+    if limit is not None and limit < 1:
+        raise DfgenError(f"--limit must be a positive number of images, got {limit}")
+    if train_fraction is not None and not 0 < train_fraction <= 1:
+        raise DfgenError(f"--train-fraction must be in (0, 1], e.g. 0.01 for 1%, got {train_fraction}")
+    written = []
+    for part, (images, labels) in read_real_splits(name).items():
+        indices = torch.arange(len(labels))
+        if part == "train" and train_fraction is not None and train_fraction < 1:
+            indices = stratified_indices(labels, train_fraction, seed)
+        indices = indices[:limit]
+        description = {
+            "name": name,
+            "source": source_description(name),
+            "split": {"part": part, "source_n": len(labels), "train_fraction": train_fraction if part == "train"
+                      else None, "fraction_seed": seed if part == "train" and train_fraction else None,
+                      "limit": limit},
+            "num_classes": 10,
+            "classes": CLASS_NAMES[name],
+        }
+        pairs = ((images[i].numpy(), int(labels[i])) for i in indices.tolist())
+        written.append(write_image_stream(Path(out) / part, pairs, description, shard_size, fmt))
+    return written
 
 
 def export_digits(out: Path) -> list[Path]:

@@ -32,7 +32,8 @@ def cli() -> None:
 @click.option("--model", help="Student: dearkd_tiny_patch16_224 (default), ..., dearkd_micro_patch4_32.")
 @click.option("--model-kwargs", "model_kwargs", multiple=True, metavar="KEY=VALUE",
               help="More student arguments, e.g. prefix_logit=false; repeat for several.")
-@click.option("--teacher", help="Teacher for stage 1 [the one named in the synthetic dataset.json].")
+@click.option("--teacher", help="Teacher for stage 1: a name, or a dfgen dataset directory whose recorded teacher to "
+              "use (e.g. to distill on real data) [the one named in the synthetic dataset.json].")
 @click.option("--teacher-weights", type=click.Path(), help="Local teacher weights file (state dict).")
 @click.option("--config", "config_path", type=click.Path(), help="YAML preset (configs/distill_*.yaml).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs [300].")

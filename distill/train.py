@@ -107,6 +107,12 @@ def _load_teacher(cfg: TrainConfig, infos: list[DatasetInfo], model: DearKD, dev
 
     name = cfg.teacher
     recorded = [i.teacher for i in infos if i.teacher and i.teacher.get("name")]
+    if name is not None and (Path(name) / "dataset.json").is_file():
+        # --teacher DIR: the teacher that made the dfgen dataset DIR, e.g. to distill on real data from it
+        entry = json.loads((Path(name) / "dataset.json").read_text()).get("teacher")
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise DistillError(f"{name}/dataset.json records no teacher; give a teacher name")
+        recorded, name = [entry, *recorded], entry["name"]
     if name is None:
         if not recorded:
             raise DistillError("stage 1 needs a teacher: give --teacher NAME (the training data's dataset.json names "

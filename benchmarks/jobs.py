@@ -1,0 +1,42 @@
+"""A small process pool for benchmarks: jobs side by side in one-thread processes (on this project's 2-core
+machine two one-thread processes do ~1.4x the work of one two-thread process on small models), futures kept by
+name; `jobs=1` runs inline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import torch
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class Jobs:
+    """Runs jobs in a process pool (or inline with jobs=1), keeping the futures by name."""
+
+    def __init__(self, jobs: int, threads: int) -> None:
+        self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_set_threads,
+                                         initargs=(threads,)) if jobs > 1 else None)
+        if self.pool is None:
+            torch.set_num_threads(threads)
+        self.futures: dict[str, Future] = {}
+
+    def submit(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self.pool is not None:
+            self.futures[name] = self.pool.submit(fn, *args, **kwargs)
+            return
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        self.futures[name] = future
+
+    def result(self, name: str) -> Any:
+        return self.futures[name].result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
