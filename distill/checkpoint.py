@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import timm
 import torch
 
-from dfgen.atomic import TMP_MARK, write_atomic
+from dfgen.shards import TMP_MARK
 from distill.errors import DistillError
 from distill.models import DearKD
 
@@ -24,8 +26,36 @@ CHECKPOINT_FORMAT = "distill-checkpoint-v1"
 
 
 # ------------------------------------------------------------------------------------------------ atomic files
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a platform or file system without directory handles: nothing more can be done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write(handle)` to a temporary name beside `path` (dfgen's shard temporaries' mark), fsync the file, rename it
+    over `path`, fsync the directory (so the rename itself survives a power loss)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """Atomically (dfgen.atomic: fsynced file and directory, a temporary name unique across nodes)."""
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dfgen.atomic import write_atomic, write_text_atomic
+from distill.checkpoint import write_atomic
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -17,7 +17,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r) + "\n" for r in records)
-    write_text_atomic(path, text)
+    write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, stage1_epochs: int) -> None:

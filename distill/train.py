@@ -27,7 +27,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dfgen.atomic import write_json_atomic
 from distill.checkpoint import (
     CHECKPOINT_FORMAT,
     create_student,
@@ -40,6 +39,7 @@ from distill.checkpoint import (
     save_checkpoint,
     seed_everything,
     student_names,
+    write_atomic,
 )
 from distill.config import TrainConfig, build_config
 from distill.data import eval_loader, eval_transform, image_mode, probe_images, steps_per_epoch, train_transform
@@ -296,7 +296,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                              "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs})
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
+        text = json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True) + "\n"
+        write_atomic(out / "config.json", lambda handle: handle.write(text.encode()))
         sources = " + ".join(f"{i.name} ({i.kind}, {i.n})" for i in infos)
         _log(env, f"distill: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
                   f"{in_chans}x{model.patch_embed.img_size[0]}x{model.patch_embed.img_size[1]}, {num_classes} classes)"

@@ -111,7 +111,6 @@ def test_checkpoint_writes_fsync_the_file_and_its_directory(tmp_path, monkeypatc
     import os
     import stat
 
-    from dfgen import atomic
     from distill import checkpoint
 
     synced = []
@@ -121,7 +120,7 @@ def test_checkpoint_writes_fsync_the_file_and_its_directory(tmp_path, monkeypatc
         synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
     checkpoint.save_checkpoint({"format": checkpoint.CHECKPOINT_FORMAT, "x": torch.arange(3)}, tmp_path / "last.pt")
     assert synced == ["file", "dir"]
     assert torch.equal(checkpoint.load_checkpoint(tmp_path / "last.pt")["x"], torch.arange(3))
