@@ -15,7 +15,7 @@ import time
 import torch
 
 from dfgen.config import LossWeights
-from dfgen.inversion import EngineSettings, InversionEngine, OutOfMemory
+from dfgen.inversion import EngineSettings, InversionEngine
 from dfgen.teachers import load_teacher
 
 # Dense bf16 tensor-core peaks (TFLOP/s), by substring of the device name.
@@ -47,12 +47,15 @@ def largest_batch(teacher, resolution: int, device, candidates=(1024, 768, 512, 
     for batch in candidates:
         settings = EngineSettings(schedule=[(resolution, 2)], weights=LossWeights.paper(), precision="bf16",
                                   log_every=0, channels_last=True)
-        with InversionEngine(teacher.model, teacher.mean, teacher.std, settings, device) as engine:
-            try:
-                engine.invert(torch.arange(batch) // 4 % teacher.num_classes, 0)
-                return batch
-            except OutOfMemory:  # the engine's one-line error; it has emptied the CUDA cache
-                pass
+        engine = InversionEngine(teacher.model, teacher.mean, teacher.std, settings, device)
+        try:
+            engine.invert(torch.arange(batch) // 4 % teacher.num_classes, 0)
+            return batch
+        except torch.cuda.OutOfMemoryError:
+            pass
+        finally:
+            engine.probe.remove()
+            torch.cuda.empty_cache()
     raise RuntimeError("not even the smallest batch fits")
 
 
@@ -77,9 +80,10 @@ def main() -> None:
         settings = EngineSettings(schedule=[(resolution, args.iterations)], weights=LossWeights.paper(),
                                   precision="bf16",
                                   log_every=0, channels_last=True)
+        engine = InversionEngine(model, teacher.mean, teacher.std, settings, device)
         labels = torch.arange(batch) // 4 % teacher.num_classes
-        with InversionEngine(model, teacher.mean, teacher.std, settings, device) as engine:
-            r = rate(engine, labels, args.iterations)
+        r = rate(engine, labels, args.iterations)
+        engine.probe.remove()
         flops = flops_per_image_iteration(model, teacher.in_chans, resolution, device)
         stages[resolution] = {"batch": batch, "img_it_per_s": round(r, 1), "flop_per_img_it": flops,
                               "tflops": round(r * flops / 1e12, 1),

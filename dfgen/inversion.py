@@ -359,9 +359,11 @@ class _NonFinite(Exception):
     pass
 
 
-class OutOfMemory(SynthesisError):
+class OutOfMemory(SynthesisError, torch.OutOfMemoryError):
     """The device ran out of memory. `where` says in which batch and stage; the message adds what to do (the
-    pipeline replaces it with the run's batch layout: dfgen.runplan.explain_out_of_memory)."""
+    pipeline replaces it with the run's batch layout: dfgen.runplan.explain_out_of_memory). Still a
+    torch.OutOfMemoryError, so callers that catch CUDA's error (a benchmark looking for the largest batch that
+    fits) keep working."""
 
     def __init__(self, where: str, advice: str = "use a smaller batch") -> None:
         super().__init__(f"{where}; {advice}")
