@@ -27,12 +27,14 @@ OWN_ENTRIES = ("shards", CONFIG_FILE, "index.json", "dataset.json")
 
 
 def claim_out_dir(run: RunPlan) -> None:
-    """Claim `out` for this configuration, or refuse. Several ranks may run this at once: each writes
-    the same config.json atomically, and a directory holding only dfgen's own entries is never foreign."""
+    """Claim `out` for this configuration, or refuse. Several ranks may run this at once: config.json is created
+    only where none exists (the first claim wins, dfgen.atomic), and a process whose content differs from the
+    claim that won is refused, so processes computing differently never write into one dataset. A directory
+    holding only dfgen's own entries is never foreign."""
     out = run.out
     content = run.content()
     config_path = out / CONFIG_FILE
-    existing = json.loads(config_path.read_text()) if config_path.is_file() else None
+    existing = read_claim(out)
     foreign = [p.name for p in out.iterdir() if p.name.split(TMP_MARK)[0] not in OWN_ENTRIES] if out.is_dir() else []
     if existing is not None and existing.get("content") == content:
         (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -48,12 +50,21 @@ def claim_out_dir(run: RunPlan) -> None:
         for name in ("index.json", "dataset.json", CONFIG_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        config_path,
-        {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
-         "dataset": dataset_description(run), "derived": derived_record(run)},
-    )
+    record = {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
+              "dataset": dataset_description(run), "derived": derived_record(run)}
+    try:
+        write_json_atomic(config_path, record, replace=False)
+    except FileExistsError:  # another process claimed it since we looked: its claim stands, ours must match it
+        existing = read_claim(out)
+        if existing is None or existing.get("content") != content:
+            raise DfgenError(_mismatch(out, existing or {}, content, run.requested_content())) from None
     (out / "shards").mkdir(exist_ok=True)
+
+
+def read_claim(out: Path) -> dict[str, Any] | None:
+    """config.json of `out`, or None where there is none."""
+    config_path = out / CONFIG_FILE
+    return json.loads(config_path.read_text()) if config_path.is_file() else None
 
 
 def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requested: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""dfgen.atomic: one atomic writer for dfgen's shards and JSON files and distill's checkpoints (issue 17, item 2)."""
+"""dfgen.atomic: one atomic writer for dfgen's shards, JSON files and report (issue 17, item 2)."""
 
 import json
 import os
@@ -58,4 +58,13 @@ def test_file_and_directory_are_fsynced_and_failures_leave_nothing(tmp_path, mon
     with pytest.raises(OSError):
         atomic.write_atomic(target, failing)
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_a_write_that_must_not_replace_keeps_the_first_file(tmp_path):
+    target = tmp_path / "config.json"
+    atomic.write_json_atomic(target, {"claim": 1}, replace=False)
+    with pytest.raises(FileExistsError):
+        atomic.write_json_atomic(target, {"claim": 2}, replace=False)
+    assert json.loads(target.read_text()) == {"claim": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

@@ -77,6 +77,32 @@ def test_resume_with_another_precision_or_compile_is_refused(dfgen_cli, tmp_path
     assert code == 0 and "nothing to do" in err
 
 
+def test_a_claim_made_while_another_rank_looked_is_kept_and_a_differing_rank_refused(dfgen_cli, tmp_path,
+                                                                                      monkeypatch):
+    """Two ranks start at once on an empty directory, one with another precision (a GPU without bf16 under
+    --precision auto): both see no config.json, the first claim wins and the other is refused, not mixed in."""
+    from dfgen import outdir
+
+    out = tmp_path / "out"
+    code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out])
+    assert code == 0, err
+    claim = (out / "config.json").read_bytes()
+    real_read, reads = outdir.read_claim, []
+
+    def read_nothing_first(path):
+        reads.append(path)
+        return None if len(reads) == 1 else real_read(path)
+
+    monkeypatch.setattr(outdir, "read_claim", read_nothing_first)
+    code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out, "--precision", "bf16"])
+    assert code == 1 and "made with fp32 on cpu (eager), but this process would compute with bf16 on cpu" in err
+    assert len(reads) == 2 and (out / "config.json").read_bytes() == claim
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "dataset.json", "index.json", "shards"]
+    reads.clear()
+    code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out])  # the same content joins the claim
+    assert code == 0 and "nothing to do" in err, err
+
+
 # --------------------------------------------------------------------------- 5: out of memory, BN without statistics
 def test_out_of_memory_is_one_line_naming_the_batch_layout(dfgen_cli, tmp_path, monkeypatch):
     def out_of_memory(self, jittered, labels):
