@@ -9,6 +9,7 @@ call plus a cost per image), and the output says so."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -179,6 +180,8 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
     if teacher is None:  # the cost does not depend on the weights: no download for a plan
         teacher = load_teacher(config.teacher, config.teacher_weights, pretrained=config.teacher_weights is not None,
                                **config.teacher_options())
+    if config.world_size is not None and config.rank is None:  # the plan covers every rank: none is needed
+        config = dataclasses.replace(config, rank=0)
     run = prepare(config, teacher)
     plan = run.plan
     probe_note = assume_probe_defaults(run)

@@ -16,7 +16,7 @@ import torch
 from dfgen.calibration import ProbeFigures
 from dfgen.config import LossWeights, SynthesisConfig, default_schedule, format_schedule
 from dfgen.errors import DfgenError
-from dfgen.inversion import EngineSettings, InversionEngine, OutOfMemory
+from dfgen.inversion import NOISE_IMAGES, EngineSettings, InversionEngine, OutOfMemory, is_out_of_memory
 from dfgen.plan import LabelPlan, batch_layout, shard_size_for
 from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.runtime import resolve_device, resolve_precision, world_from_env
@@ -150,10 +150,18 @@ def engine_for(run: RunPlan) -> InversionEngine:
 
 @contextmanager
 def explain_out_of_memory(run: RunPlan) -> Iterator[None]:
-    """Turn the engine's OutOfMemory into one line that names the run's batch layout and the flag to lower."""
+    """Turn running out of memory into one line: in a batch (the engine's OutOfMemory), naming the run's batch
+    layout and the flag to lower; before any batch (the teacher's start-up pass on noise), naming that."""
     try:
         yield
-    except OutOfMemory as exc:
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if not isinstance(exc, OutOfMemory):
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(f"out of memory on {run.device} in the teacher's start-up pass on {NOISE_IMAGES} noise "
+                              f"images ({run.precision})", "the teacher does not fit on this device") from None
         plan = run.plan
         hint = f"--classes-per-batch {plan.classes_per_batch // 2}" if plan.classes_per_batch > 1 else \
             f"--images-per-class {max(2, plan.images_per_class // 2)}"

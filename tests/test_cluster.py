@@ -115,6 +115,20 @@ def test_out_of_memory_is_one_line_naming_the_batch_layout(dfgen_cli, tmp_path, 
                            "batch is 5 classes x 2 images: lower it, e.g. --classes-per-batch 2")
 
 
+def test_out_of_memory_before_the_first_batch_is_one_line(dfgen_cli, tmp_path, monkeypatch):
+    from dfgen import derived
+
+    def out_of_memory(run):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(derived, "teacher_noise_levels", out_of_memory)
+    code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", tmp_path / "o"])
+    assert code == 1, err
+    assert err.strip() == ("Error: out of memory on cpu in the teacher's start-up pass on 16 noise images (fp32); the "
+                           "teacher does not fit on this device")
+    assert not (tmp_path / "o").exists()
+
+
 def test_cpu_allocator_failure_is_out_of_memory_and_other_errors_are_not(digits_teacher, monkeypatch):
     settings = EngineSettings(schedule=[(16, 2)], weights=LossWeights(), log_every=0)
     with InversionEngine(digits_teacher.model, digits_teacher.mean, digits_teacher.std, settings,
