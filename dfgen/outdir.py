@@ -79,6 +79,10 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
                 f"{_describe_execution(now)}, which writes different bytes into the same dataset; run it on a "
                 f"{was.get('device')} device with {flags}{'' if was.get('compile') else ' (no --compile)'}, or pass "
                 "--overwrite to replace it")
+    if changed == ["execution"] and old and "execution" not in old:
+        return (f"{out} was made by an earlier dfgen that did not record how its images were computed (device, "
+                "precision, --compile), so new shards could differ from its shards in their bytes; finish it with that "
+                "version, or pass --overwrite to replace it")
     if existing.get("requested") and existing["requested"] != requested:
         changed = _differing(existing["requested"], requested)
     return (f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "

@@ -75,6 +75,12 @@ def test_resume_with_another_precision_or_compile_is_refused(dfgen_cli, tmp_path
     assert code == 1 and "would compute with fp32 on cpu (compiled)" in err and "(no --compile)" in err
     code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out])  # the same execution continues
     assert code == 0 and "nothing to do" in err
+    # a directory made before the execution was recorded: refused with the reason, not "differs in: execution"
+    record = json.loads((out / "config.json").read_text())
+    del record["content"]["execution"]
+    (out / "config.json").write_text(json.dumps(record))
+    code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out])
+    assert code == 1 and "made by an earlier dfgen that did not record how its images were computed" in err
 
 
 def test_a_claim_made_while_another_rank_looked_is_kept_and_a_differing_rank_refused(dfgen_cli, tmp_path,
