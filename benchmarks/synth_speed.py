@@ -92,17 +92,17 @@ def run_case(name: str, teacher_name: str, resolution: int, batch: int, iteratio
     weights = LossWeights.paper(ep=0, triplet=0)
     settings = EngineSettings(schedule=[(resolution, iterations)], weights=weights, log_every=0, warmup=100,
                               compile=compile_engine)
-    engine = InversionEngine(teacher.model, teacher.mean, teacher.std, settings, torch.device("cpu"))
     naive_times, engine_times = [], []
-    engine.invert(labels, 0)  # warm-up both
-    naive_loop(teacher.model, teacher.mean, teacher.std, labels, resolution, 2, weights)
-    for r in range(repeats):
-        start = time.perf_counter()
-        naive_loop(teacher.model, teacher.mean, teacher.std, labels, resolution, iterations, weights, seed=r)
-        naive_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        engine.invert(labels, r)
-        engine_times.append(time.perf_counter() - start)
+    with InversionEngine(teacher.model, teacher.mean, teacher.std, settings, torch.device("cpu")) as engine:
+        engine.invert(labels, 0)  # warm-up both
+        naive_loop(teacher.model, teacher.mean, teacher.std, labels, resolution, 2, weights)
+        for r in range(repeats):
+            start = time.perf_counter()
+            naive_loop(teacher.model, teacher.mean, teacher.std, labels, resolution, iterations, weights, seed=r)
+            naive_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            engine.invert(labels, r)
+            engine_times.append(time.perf_counter() - start)
     work = batch * iterations
     naive_rate = work / statistics.median(naive_times)
     engine_rate = work / statistics.median(engine_times)

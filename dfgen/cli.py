@@ -75,12 +75,15 @@ def cli() -> None:
 @teacher_options
 @click.option("--class-names", type=click.Path(dir_okay=False),
               help="File of class names (one a line, or JSON) for dataset.json and the report.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch (K classes x M images).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch, split into classes x images per "
+              "class from the teacher's class count (50 with 10 classes: 10 x 5) unless --classes-per-batch or "
+              "--images-per-class is given.")
 @click.option("--schedule", callback=_schedule, help="Stages res:iters,... [default: HALF:2000,FULL:2000].")
-@click.option("--classes-per-batch", type=click.IntRange(min=1), help="Classes in a batch [default: min(C, 32)].")
+@click.option("--classes-per-batch", type=click.IntRange(min=1), help="Classes in a batch [min(C, 32)].")
 @click.option("--images-per-class", type=click.IntRange(min=1), help="Images of each class in a batch [4].")
 @click.option("--seed", type=int, help="Seed: images are functions of (seed, batch index) [0].")
-@click.option("--shard-size", type=click.IntRange(min=1), help="Images per shard, a multiple of the batch size.")
+@click.option("--shard-size", type=click.IntRange(min=1), help="Images per shard, rounded to a multiple of the "
+              "batch size [the multiple nearest 1024].")
 @click.option("--format", "format_", type=click.Choice(["png", "jpg", "webp"]), help="Image format [png].")
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality [95].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device [auto].")
@@ -116,14 +119,15 @@ def cli() -> None:
 @click.option("--soft-topk", type=click.IntRange(min=0), help="Teacher logits stored per image (top-k) for distill "
               "--soft-labels stored; 0: none [10].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
-@click.option("--rank", type=click.IntRange(min=0), help="This process's rank (without torchrun).")
-@click.option("--world-size", type=click.IntRange(min=1), help="Number of processes (without torchrun).")
+@click.option("--rank", type=click.IntRange(min=0), help="This process's rank [torchrun's, SLURM's or MPI's].")
+@click.option("--world-size", type=click.IntRange(min=1), help="Number of processes; without --rank the rank comes "
+              "from torchrun, SLURM_PROCID or SLURM_ARRAY_TASK_ID, else it is refused.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and a time estimate; write nothing.")
 @click.option("--random-init", is_flag=True, help="Random teacher weights (speed tests only).")
 @click.option("--log-every", type=click.IntRange(min=1), help="Iterations between loss reads [50].")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the teacher and losses.")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar; one log line per shard.")
-def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init, no_flip, **options) -> None:
+def synthesize(config_path, format_, compile_, dry_run, random_init, no_flip, **options) -> None:
     """Invert a teacher into a synthetic dataset of WebDataset shards (resumable)."""
     from dfgen.synthesize import describe_plan
     from dfgen.synthesize import synthesize as run_synthesis
@@ -133,8 +137,6 @@ def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init,
         if options.get("flip") not in (None, "off"):
             raise click.UsageError("--no-flip and --flip on contradict each other")
         options["flip"] = "off"
-    if batch_size is not None:
-        options.update(_split_batch(batch_size, options.get("classes_per_batch"), options.get("images_per_class")))
     preset = load_yaml_config(config_path) if config_path else {}
     for name, flag in (("out", "--out"), ("teacher", "--teacher"), ("n", "-n")):
         # A preset may supply them, else they are required; a preset without a teacher (configs/cifar10_resnet34.yaml
@@ -151,19 +153,6 @@ def synthesize(config_path, batch_size, format_, compile_, dry_run, random_init,
         click.echo(describe_plan(config, teacher))
         return
     run_synthesis(config, teacher=teacher)
-
-
-def _split_batch(batch_size: int, classes: int | None, per_class: int | None) -> dict[str, int]:
-    """--batch-size fixes K x M: derive whichever of the two is missing."""
-    per_class = per_class or (batch_size // classes if classes else 4)
-    if classes is None:
-        classes = batch_size // per_class
-    if classes * per_class != batch_size or classes < 1:
-        raise click.BadParameter(
-            f"{batch_size} is not classes-per-batch x images-per-class ({classes} x {per_class})",
-            param_hint="--batch-size",
-        )
-    return {"classes_per_batch": classes, "images_per_class": per_class}
 
 
 @cli.command()

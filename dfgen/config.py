@@ -116,6 +116,14 @@ OPTIONAL_CONTENT_FIELDS = ("teacher_kwargs", "num_classes", "in_chans", "image_s
                            "class_names")
 
 
+# Optimiser and jitter defaults: one home for SynthesisConfig and inversion.EngineSettings.
+LR = 0.25  # Adam, per stage: linear warm-up then cosine to 0
+WARMUP = 100  # iterations
+UPSAMPLE = "bilinear"  # how a stage's image is enlarged to the next (bilinear or nearest)
+JITTER_FRACTION = 0.125  # largest random roll, as a fraction of the side
+DEFAULT_IMAGES_PER_CLASS = 4  # a batch layout's images per class when nothing decides it (plan.batch_layout)
+DEFAULT_MAX_CLASSES_PER_BATCH = 32  # and its classes per batch: min(classes, this)
+
 AUTO = "auto"  # a value derived from the teacher at start-up (dfgen.calibration): see docs/design.md
 MULTIRES_MODES = (AUTO, "native", "upsample")
 # The paper's objective (SPEC section 2): sums whose size depends on the teacher, the batch and the image size.
@@ -227,16 +235,19 @@ class SynthesisConfig:
     n: int = 1000
     out: str = "out"
     schedule: list[tuple[int, int]] | None = None  # None: (res/2, 2000), (res, 2000) from the teacher
-    classes_per_batch: int | None = None  # None: min(num_classes, 32)
-    images_per_class: int = 4
+    # The batch layout: classes x images per class. Give any of the three (e.g. --batch-size 50 with 10 classes
+    # is 10 x 5); None: derived (plan.batch_layout), min(num_classes, 32) x 4 when nothing is given.
+    batch_size: int | None = None
+    classes_per_batch: int | None = None
+    images_per_class: int | None = None
     seed: int = 0
-    shard_size: int | None = None  # images per shard; None: the multiple of the batch nearest 1024
+    shard_size: int | None = None  # images per shard, rounded to a multiple of the batch; None: that nearest 1024
     format: str = "png"
     quality: int = 95
-    lr: float = 0.25
-    warmup: int = 100
-    upsample: str = "bilinear"
-    jitter_fraction: float = 0.125
+    lr: float = LR
+    warmup: int = WARMUP
+    upsample: str = UPSAMPLE
+    jitter_fraction: float = JITTER_FRACTION
     flip: bool | str = AUTO  # auto: on only if the teacher is mirror-invariant on its own images (a probe)
     multires: str = AUTO  # native: the teacher sees each stage's size; upsample: it always sees its own size
     soft_topk: int = 10  # teacher logits stored per image (top-k; 0: none), for distill --soft-labels stored
@@ -283,10 +294,10 @@ class SynthesisConfig:
             raise DfgenError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
         if self.upsample not in ("bilinear", "nearest"):
             raise DfgenError(f"upsample must be bilinear or nearest, got {self.upsample!r}")
-        if self.images_per_class < 1:
-            raise DfgenError("--images-per-class must be >= 1 (>= 2 for the diversity losses)")
-        if self.classes_per_batch is not None and self.classes_per_batch < 1:
-            raise DfgenError("--classes-per-batch must be >= 1")
+        for name in ("batch_size", "classes_per_batch", "images_per_class"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DfgenError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
         if not 1 <= int(self.quality) <= 100:
             raise DfgenError(f"--quality must be in 1..100, got {self.quality}")
 
@@ -394,6 +405,10 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
 def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> SynthesisConfig:
     """Defaults <- YAML file <- explicit overrides (None means 'not given')."""
     data: dict[str, Any] = load_yaml_config(yaml_path) if yaml_path else {}
+    if overrides.get("batch_size") is not None:  # a batch size given here replaces the preset's batch layout
+        for key in ("batch_size", "classes_per_batch", "images_per_class"):
+            if overrides.get(key) is None:
+                data.pop(key, None)
     losses = dict(data.pop("losses", {}) or {})
     loss_names = {f.name for f in dataclasses.fields(LossWeights)}
     for key, value in overrides.items():

@@ -12,7 +12,7 @@ from dfgen.shards import shard_done, shard_paths
 def rebuild_index(out: Path) -> str:
     """Check all shards (sha256 against sidecars); write index.json and dataset.json when complete.
     Needs no teacher. Returns a one-line summary; raises DfgenError listing missing or damaged shards."""
-    from dfgen.synthesize import CONFIG_FILE, finalize, plan_from_description
+    from dfgen.outdir import CONFIG_FILE, finalize, plan_from_description
 
     config_path = Path(out) / CONFIG_FILE
     if not config_path.is_file():

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfgen import losses as L
-from dfgen.config import LossWeights
+from dfgen.config import JITTER_FRACTION, LR, UPSAMPLE, WARMUP, LossWeights
 from dfgen.errors import SynthesisError
 from dfgen.jitter import draw_stage_jitter
 from dfgen.resolutions import describe_failure
-from dfgen.teachers import classifier_of
+from dfgen.teachers import check_running_statistics, classifier_of
 
 
 @dataclass
@@ -25,11 +25,11 @@ class EngineSettings:
     schedule: list[tuple[int, int]]
     weights: LossWeights  # resolved: no "auto" left (dfgen.calibration)
     teacher_resolution: int | None = None  # the teacher's input size; None: the last stage's
-    lr: float = 0.25
-    warmup: int = 100
-    upsample: str = "bilinear"
-    jitter_fraction: float = 0.125
-    flip: bool = True
+    lr: float = LR
+    warmup: int = WARMUP
+    upsample: str = UPSAMPLE
+    jitter_fraction: float = JITTER_FRACTION
+    flip: bool = True  # resolved: the paper's jitter flips (`dfgen synthesize` decides "auto" with a probe)
     multires: str = "native"  # "upsample": stages below the teacher's size are shown to it upsampled
     crop_min_scale: float | None = None  # random-resized crops in the loop (None: off)
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
@@ -54,10 +54,12 @@ class BatchResult:
 
 class TeacherProbe(nn.Module):
     """Runs the teacher once and returns logits, the penultimate embedding and the per-layer
-    BatchNorm statistic losses, collected by hooks (no activations are kept)."""
+    BatchNorm statistic losses, collected by hooks (no activations are kept). A context manager:
+    leaving it removes the hooks."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        check_running_statistics(model, type(model).__name__)
         self.model = model
         self.bn_layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         self._bn_losses: list[Tensor] = []
@@ -87,6 +89,13 @@ class TeacherProbe(nn.Module):
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> TeacherProbe:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
 
 
 NOISE_IMAGES = 16  # the noise batch that measures each BN layer's loss on noise
@@ -100,9 +109,11 @@ def bn_noise_levels(probe: TeacherProbe, in_chans: int, size: int, device: torch
     try:
         with torch.no_grad():
             _, _, layer_losses = probe(noise)
-    except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
     except Exception as exc:  # the user's teacher can raise anything
+        if is_out_of_memory(exc):
+            raise
         raise teacher_failure(probe.model, noise, exc, f"on the start-up noise batch ({NOISE_IMAGES} images "
                               f"{size}x{size}, the unit of the normalized BN loss)") from None
     levels = torch.stack([v.float() for v in layer_losses]).cpu()
@@ -185,10 +196,15 @@ class InversionEngine:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
         self.in_chans = len(mean)
+        self._stage = (settings.schedule[0][0], self.teacher_view_size(settings.schedule[0][0]))  # for messages
         self.noise_levels = None
         if settings.weights.form == "normalized":
             size = settings.teacher_resolution or settings.schedule[-1][0]
-            levels = settings.bn_noise_levels or bn_noise_levels(self.probe, self.in_chans, size, device)
+            try:
+                levels = settings.bn_noise_levels or bn_noise_levels(self.probe, self.in_chans, size, device)
+            except BaseException:
+                self.close()  # not entered yet: leave the teacher without our hooks
+                raise
             self.noise_levels = torch.tensor(levels, device=device)
         # One graph for teacher forward, hooks and loss terms; the jitter stays outside so that the
         # graph's input shape is fixed per stage (one compilation per resolution).
@@ -220,17 +236,29 @@ class InversionEngine:
         seed: int,
         on_log: Callable[[str, int, int, dict[str, float]], None] | None = None,
     ) -> BatchResult:
-        """Optimise a batch for `labels`; retry once with a 10x lower lr if the loss goes non-finite."""
+        """Optimise a batch for `labels`; retry once with a 10x lower lr if the loss goes non-finite. Running out of
+        memory is one line that names the batch layout and what to lower (OutOfMemory)."""
         try:
-            return self._invert(labels, seed, 1.0, on_log)
-        except _NonFinite:
             try:
-                return self._invert(labels, seed, 0.1, on_log)
-            except _NonFinite as exc:
-                raise SynthesisError(
-                    f"the loss of the batch with seed {seed} became non-finite ({exc}) and again after a retry "
-                    "with a 10x lower learning rate; lower --lr or the loss weights"
-                ) from None
+                return self._invert(labels, seed, 1.0, on_log)
+            except _NonFinite:
+                try:
+                    return self._invert(labels, seed, 0.1, on_log)
+                except _NonFinite as exc:
+                    raise SynthesisError(
+                        f"the loss of the batch with seed {seed} became non-finite ({exc}) and again after a retry "
+                        "with a 10x lower learning rate; lower --lr or the loss weights"
+                    ) from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            resolution, view = self._stage
+            seen = f" (the teacher sees {view}px)" if view != resolution else ""
+            where = (f"out of memory on {self.device} inverting a batch of {labels.shape[0]} images in the "
+                     f"{resolution}px stage{seen}, {self.settings.precision}")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the caller may retry with a smaller batch
+        raise OutOfMemory(where)
 
     def teacher_view_size(self, resolution: int) -> int:
         """The size the teacher sees during a stage optimised at `resolution`."""
@@ -247,6 +275,7 @@ class InversionEngine:
         scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
         logged: dict[str, float] = {}
         for resolution, iterations in s.schedule:
+            self._stage = (resolution, self.teacher_view_size(resolution))
             if x.shape[-1] != resolution:
                 x = self._resize(x, resolution).clamp_(self.low, self.high)
             if s.channels_last:
@@ -290,20 +319,24 @@ class InversionEngine:
         """The loss terms; a failure of the teacher's forward pass becomes one line naming stage and layer."""
         try:
             return self._loss_terms(view, labels)
-        except (SynthesisError, torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+        except (SynthesisError, KeyboardInterrupt):
             raise
         except Exception as exc:  # the user's teacher can raise anything
+            if is_out_of_memory(exc):
+                raise
             size = view.shape[-1]
             raise teacher_failure(self.probe.model, view, exc,
                                   f"in the {resolution}px stage (input {size}x{size})") from None
 
     def _resize(self, x: Tensor, resolution: int) -> Tensor:
-        """Stage change, teacher view and output size: the same interpolation for all (antialiased when it
-        shrinks, so a larger last stage is not aliased into the written image)."""
+        """Stage change, teacher view and output size. Enlarging uses the `upsample` mode; shrinking (a last stage
+        larger than the written size) is always bilinear with antialiasing, so no detail is aliased into the image."""
+        if resolution < x.shape[-1]:
+            return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                 antialias=True)
         if self.settings.upsample == "nearest":
             return F.interpolate(x, size=(resolution, resolution), mode="nearest")
-        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                             antialias=resolution < x.shape[-1])
+        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def _finish(self, x: Tensor, labels: Tensor, logged: dict[str, float], lr_scale: float) -> BatchResult:
@@ -324,3 +357,22 @@ class InversionEngine:
 
 class _NonFinite(Exception):
     pass
+
+
+class OutOfMemory(SynthesisError, torch.OutOfMemoryError):
+    """The device ran out of memory. `where` says in which batch and stage; the message adds what to do (the
+    pipeline replaces it with the run's batch layout: dfgen.runplan.explain_out_of_memory). Still a
+    torch.OutOfMemoryError, so callers that catch CUDA's error (a benchmark looking for the largest batch that
+    fits) keep working."""
+
+    def __init__(self, where: str, advice: str = "use a smaller batch") -> None:
+        super().__init__(f"{where}; {advice}")
+        self.where = where
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError), or Python's MemoryError."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

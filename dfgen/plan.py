@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dfgen.config import DEFAULT_IMAGES_PER_CLASS, DEFAULT_MAX_CLASSES_PER_BATCH
+from dfgen.errors import DfgenError
+
 _STREAM_BATCH = 0  # SeedSequence stream ids: keep batch seeds and round orders independent
 _STREAM_ROUND = 1
 
@@ -118,3 +121,70 @@ class LabelPlan:
 
     def shards_for_rank(self, rank: int, world_size: int) -> range:
         return range(rank, self.num_shards, world_size)
+
+
+def batch_layout(num_classes: int, batch_size: int | None, classes_per_batch: int | None,
+                 images_per_class: int | None, min_images: int = 2) -> tuple[int, int, list[str]]:
+    """(classes per batch K, images per class M, notes) from any of --batch-size, --classes-per-batch and
+    --images-per-class. A batch size alone is split as K x 4 when that fits the teacher's classes, else into as many
+    classes as divide it with at least `min_images` images each (50 with 10 classes: 10 x 5). Near misses are
+    adjusted with a note (more classes per batch than the teacher has: all of them)."""
+    notes = []
+    if classes_per_batch is not None and classes_per_batch > num_classes:
+        notes.append(f"--classes-per-batch {classes_per_batch} is more than the teacher's {num_classes} classes; "
+                     f"using {num_classes}")
+        classes_per_batch = num_classes
+    if batch_size is None:
+        return (classes_per_batch or min(num_classes, DEFAULT_MAX_CLASSES_PER_BATCH),
+                images_per_class or DEFAULT_IMAGES_PER_CLASS, notes)
+    if classes_per_batch and images_per_class:
+        if classes_per_batch * images_per_class != batch_size:
+            raise DfgenError(f"--batch-size {batch_size} is not --classes-per-batch {classes_per_batch} x "
+                             f"--images-per-class {images_per_class}; give two of the three")
+        return classes_per_batch, images_per_class, notes
+    if classes_per_batch or images_per_class:
+        given, flag = (classes_per_batch, "--classes-per-batch") if classes_per_batch else \
+            (images_per_class, "--images-per-class")
+        if batch_size % given:
+            raise DfgenError(f"--batch-size {batch_size} is not a multiple of {flag} {given}")
+        other = batch_size // given
+        if classes_per_batch:
+            return classes_per_batch, other, notes
+        if other > num_classes:
+            raise DfgenError(f"--batch-size {batch_size} with --images-per-class {images_per_class} needs {other} "
+                             f"classes per batch but the teacher has {num_classes}; raise --images-per-class")
+        return other, images_per_class, notes
+    layout = _split_batch(batch_size, num_classes, min_images)
+    if layout is None:
+        nearby = next(b for d in range(1, batch_size + 2 * min_images) for b in (batch_size - d, batch_size + d)
+                      if b > 0 and _split_batch(b, num_classes, min_images))
+        k, m = _split_batch(nearby, num_classes, min_images)
+        raise DfgenError(f"--batch-size {batch_size} cannot be split into classes x images (at most {num_classes} "
+                         f"classes, at least {min_images} images each); try --batch-size {nearby} ({k} x {m}) or give "
+                         "--classes-per-batch and --images-per-class")
+    notes.append(f"--batch-size {batch_size}: {layout[0]} classes x {layout[1]} images per batch")
+    return layout[0], layout[1], notes
+
+
+def _split_batch(batch_size: int, num_classes: int, min_images: int) -> tuple[int, int] | None:
+    """K x M = batch_size: M = 4 if that fits, else the most classes K <= num_classes with M >= min_images (and, for
+    the diversity losses, K >= 2: the triplet loss needs another class in the batch)."""
+    fewest = 2 if min_images >= 2 and num_classes >= 2 else 1
+    per_class = DEFAULT_IMAGES_PER_CLASS
+    if batch_size % per_class == 0 and fewest <= batch_size // per_class <= num_classes:
+        return batch_size // per_class, per_class
+    for classes in range(min(num_classes, batch_size), fewest - 1, -1):
+        if batch_size % classes == 0 and batch_size // classes >= min_images:
+            return classes, batch_size // classes
+    return None
+
+
+def shard_size_for(requested: int | None, batch_size: int) -> tuple[int, str | None]:
+    """Images per shard: a multiple of the batch (the nearest to `requested`, with a note), else the one nearest
+    1024 images."""
+    if requested is None:
+        return batch_size * max(1, round(1024 / batch_size)), None
+    if requested % batch_size == 0:
+        return requested, None
+    size = batch_size * max(1, round(requested / batch_size))
+    return size, f"--shard-size {requested} is not a multiple of the batch size {batch_size}; using {size}"

@@ -22,7 +22,8 @@ What is measured per dataset (SPEC section 1.3):
 
 Scale: one streaming pass over the shards (sha256 and labels), per-class reservoir sampling of
 ``images_per_class`` references (deterministic from ``seed``), then only the kept images are read back
-and decoded, one class at a time.
+and decoded, one class at a time. Every dataset's shards are checked before any network (the LPIPS backbone, a
+teacher) is loaded: a damaged shard is reported as such even where a network could not be loaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dfgen import __version__
+from dfgen.atomic import write_json_atomic
 from dfgen.errors import DfgenError
 from dfgen.report_data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
 from dfgen.report_html import grid_image, grouped_bars, histogram, write_html
@@ -165,12 +166,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(path, _json_safe(data), sort_keys=False, allow_nan=False)
 
 
 def _measure_dataset(
@@ -339,7 +335,7 @@ def make_report(
 
     User errors (missing dataset.json, damaged shards, LPIPS backbone not available offline, ...)
     raise DfgenError with a message that names the file."""
-    from dfgen.synthesize import resolve_device
+    from dfgen.runtime import resolve_device
 
     start_all = time.perf_counter()
     if not datasets:
@@ -357,22 +353,25 @@ def make_report(
     torch_device = resolve_device(device, 0)
 
     infos = [open_dataset(Path(d)) for d in datasets]  # all dataset.json / index.json errors before any work
+    names = _unique_names(infos)
+    # The data first (cheap, and its errors say which shard to remake), then the networks (downloads, memory).
+    scans = []
+    for info, name in zip(infos, names, strict=True):
+        _log(f"{name}: checking {len(info.shards)} shard(s) and sampling {images_per_class} images per class", quiet)
+        scans.append(scan_shards(info, images_per_class, seed))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lpips_model = load_lpips(lpips_net, torch_device) if lpips_net else None
     cache = _TeacherCache(torch_device)
-    names = _unique_names(infos)
 
     entries: list[dict[str, Any]] = []
     all_grids: dict[str, dict[str, Path]] = {}
     probs_by_name: dict[str, list[float]] = {}
-    for info, name in zip(infos, names, strict=True):
-        started = time.perf_counter()
+    for info, name, scan in zip(infos, names, scans, strict=True):
+        started = time.perf_counter() - scan.seconds
         model, teacher_entry, warnings = _resolve_teacher(info, teacher, teacher_weights, cache)
         for warning in warnings:
             _log(f"warning: {name}: {warning}", False)
-        _log(f"{name}: checking {len(info.shards)} shard(s) and sampling {images_per_class} images per class", quiet)
-        scan = scan_shards(info, images_per_class, seed)
         recorded_counts = info.meta.get("class_counts")
         if isinstance(recorded_counts, list) and recorded_counts != scan.class_counts:
             warnings.append("class counts in the shards differ from dataset.json's class_counts")

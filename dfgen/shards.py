@@ -7,7 +7,6 @@ import errno
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,13 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from dfgen.atomic import TMP_MARK, write_atomic, write_json_atomic
 from dfgen.errors import DfgenError
+
+__all__ = ["TMP_MARK", "write_json_atomic"]  # re-exported: the shard writers' atomic files (dfgen.atomic)
 
 KEY_DIGITS = 9  # keys are zero-padded global indices: up to a billion images
 _PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-TMP_MARK = ".tmp-"
 
 
 def image_key(index: int) -> str:
@@ -69,21 +70,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary name in the same directory, fsync, rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass
 class Sample:
     key: str
@@ -98,25 +84,25 @@ def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stat
     The tar is deterministic (fixed mtime, owner and mode, sorted members), so the same samples give
     the same bytes. A failure (disk full included) leaves no shard and no sidecar behind."""
     tar_path, side_path = shard_paths(out, shard)
-    tmp = tar_path.with_name(f"{tar_path.name}{TMP_MARK}{os.getpid()}")
     count = 0
+
+    def write_tar(handle) -> None:
+        nonlocal count
+        writer = wds.TarWriter(handle, user="", group="", mode=0o444, mtime=0, encoder=False)
+        for sample in samples:
+            writer.write(
+                {
+                    "__key__": sample.key,
+                    ext: sample.image,
+                    "cls": str(sample.label).encode(),
+                    "json": json.dumps(sample.meta, sort_keys=True).encode(),
+                }
+            )
+            count += 1
+        writer.close()
+
     try:
-        with open(tmp, "wb") as handle:
-            writer = wds.TarWriter(handle, user="", group="", mode=0o444, mtime=0, encoder=False)
-            for sample in samples:
-                writer.write(
-                    {
-                        "__key__": sample.key,
-                        ext: sample.image,
-                        "cls": str(sample.label).encode(),
-                        "json": json.dumps(sample.meta, sort_keys=True).encode(),
-                    }
-                )
-                count += 1
-            writer.close()
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, tar_path)
+        write_atomic(tar_path, write_tar)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DfgenError(
@@ -124,8 +110,6 @@ def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stat
                 "same command to continue"
             ) from exc
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = {
         "shard": shard,
         "url": f"shards/{tar_path.name}",

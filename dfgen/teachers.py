@@ -524,6 +524,18 @@ def _fit_channels(values: list[float] | tuple[float, ...], channels: int, what: 
                      f"give {channels} (or one) with --{what}")
 
 
+def check_running_statistics(model: nn.Module, name: str) -> None:
+    """Refuse a teacher whose BatchNorm layers keep no running statistics (`track_running_stats=False`): the BN
+    loss matches the batch's statistics to them, so there is nothing to match."""
+    missing = [layer for layer, m in model.named_modules()
+               if isinstance(m, nn.BatchNorm2d) and (m.running_mean is None or m.running_var is None)]
+    if missing:
+        listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise DfgenError(f"teacher {name}: BatchNorm layer(s) {listed} keep no running statistics "
+                         "(track_running_stats=False), which DeepInversion matches; use a teacher built with "
+                         "track_running_stats=True and weights trained that way")
+
+
 def load_teacher(
     name: str,
     weights: str | Path | None = None,
@@ -594,6 +606,8 @@ def load_teacher(
             f"teacher {name} has no BatchNorm2d layers; DeepInversion matches BatchNorm statistics, so it needs a "
             "CNN with BatchNorm (e.g. a ResNet or RegNet)"
         )
+    if require_batchnorm:
+        check_running_statistics(model, name)
     classifier = classifier_of(model)
     count = getattr(model, "num_classes", None)
     model_classes = int(count) if isinstance(count, int) and count > 0 else int(classifier.out_features)

@@ -58,6 +58,26 @@ def test_ranks_started_by_hand_match_one(single, tmp_path):
     assert (out / "index.json").exists() and (out / "dataset.json").exists()
 
 
+def test_ranks_without_rank_flag_are_refused_or_ranked_from_slurm(single, tmp_path):
+    """--world-size without --rank: refused where the environment holds no rank (every process would make the same
+    shards), ranked by SLURM_ARRAY_TASK_ID in an array of single-process tasks."""
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "dfgen", "synthesize", *ARGS, "--out", str(out), "--world-size",
+                               "2"], env=ENV, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 1
+        assert "--world-size 2 without --rank" in proc.stderr.read()
+    assert not out.exists()
+    array = {"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dfgen", "synthesize", *ARGS, "--out", str(out), "--world-size",
+                               "2"], env={**ENV, **array, "SLURM_ARRAY_TASK_ID": str(task)}, stderr=subprocess.PIPE,
+                              text=True) for task in range(2)]
+    errors = [proc.stderr.read() for proc in procs]
+    assert [proc.wait(timeout=300) for proc in procs] == [0, 0], errors
+    assert "[rank 0/2]" in errors[0] and "[rank 1/2]" in errors[1]
+    assert tar_bytes(out) == tar_bytes(single)
+
+
 def test_killed_rank_restarted_alone_completes_identically(single, tmp_path):
     out = tmp_path / "out"
     rank0 = subprocess.Popen([sys.executable, "-m", "dfgen", "synthesize", *ARGS, "--out", str(out), "--rank", "0",
@@ -90,7 +110,7 @@ def test_dry_run_plans_without_writing(tmp_path):
     out = tmp_path / "planned"
     start = time.perf_counter()
     result = dfgen("synthesize", "--config", ROOT / "configs" / "digits.yaml", "--n", "1.2M", "--out", out,
-                   "--world-size", "8", "--rank", "0", "--dry-run")
+                   "--world-size", "8", "--dry-run")  # no --rank and no rank in the environment: a plan needs none
     assert result.returncode == 0, result.stderr
     assert "1,200,000" in result.stdout and "rank 7" in result.stdout and "images/s" in result.stdout
     assert "disk" in result.stdout

@@ -30,11 +30,8 @@ def test_fast_path_matches_plain_fp32_loop(digits_teacher, compile_engine):
     plain = synth_speed.naive_loop(t.model, t.mean, t.std, labels, 32, iterations, WEIGHTS, seed=7, warmup=2)
     settings = EngineSettings(schedule=[(32, iterations)], weights=WEIGHTS, warmup=2, log_every=0,
                               compile=compile_engine)
-    engine = InversionEngine(t.model, t.mean, t.std, settings, torch.device("cpu"))
-    try:
+    with InversionEngine(t.model, t.mean, t.std, settings, torch.device("cpu")) as engine:
         fast = engine.invert(labels, seed=7).images
-    finally:
-        engine.probe.remove()
     reference = quantise(plain, t.mean, t.std)
     difference = (fast.int() - reference.int()).abs()
     # Float reassociation (BN statistics formula, fused kernels) changes gradients in the last bits, and

@@ -156,9 +156,9 @@ def test_sigkill_after_first_shard_then_rerun_is_identical(tmp_path, capsys):
         (["--teacher-weights", "/nonexistent/w.pt"], 1, "not found"),
         (["--teacher", "alexnet", "--random-init"], 1, "BatchNorm"),
         (["--images-per-class", "1"], 1, "images-per-class >= 2"),
-        (["--classes-per-batch", "11"], 1, "exceeds"),
-        (["--batch-size", "7", "--classes-per-batch", "5"], 2, "batch-size"),
-        (["--format", "jpg", "--shard-size", "15"], 1, "multiple of the batch size"),
+        (["--batch-size", "53"], 1, "try --batch-size 52"),
+        (["--batch-size", "7", "--classes-per-batch", "5"], 1, "not a multiple of --classes-per-batch 5"),
+        (["--batch-size", "40", "--classes-per-batch", "5", "--images-per-class", "4"], 1, "two of the three"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, args, code, message):

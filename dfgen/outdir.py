@@ -1,0 +1,187 @@
+"""The output directory: claimed for one configuration at the start (config.json), refused to any other, and
+finished (index.json, dataset.json) by whichever process finds every shard done. Several ranks do all of this at
+once on shared storage; every file is written atomically (dfgen.atomic)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfgen import __version__
+from dfgen.atomic import TMP_MARK, write_json_atomic
+from dfgen.config import config_fingerprint, format_schedule
+from dfgen.derived import derived_record
+from dfgen.errors import DfgenError
+from dfgen.plan import LabelPlan
+from dfgen.runplan import RunPlan
+from dfgen.shards import build_index, read_sidecar, shard_paths
+
+CONFIG_FILE = "config.json"  # written at the start: what this directory is being made with
+OWN_ENTRIES = ("shards", CONFIG_FILE, "index.json", "dataset.json")
+
+
+def claim_out_dir(run: RunPlan) -> None:
+    """Claim `out` for this configuration, or refuse. Several ranks may run this at once: config.json is created
+    only where none exists (the first claim wins, dfgen.atomic), and a process whose content differs from the
+    claim that won is refused, so processes computing differently never write into one dataset. A directory
+    holding only dfgen's own entries is never foreign."""
+    out = run.out
+    content = run.content()
+    config_path = out / CONFIG_FILE
+    existing = read_claim(out)
+    foreign = [p.name for p in out.iterdir() if p.name.split(TMP_MARK)[0] not in OWN_ENTRIES] if out.is_dir() else []
+    if existing is not None and existing.get("content") == content:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        return
+    if existing is None and foreign:
+        raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
+    if existing is not None:
+        if not run.config.overwrite:
+            raise DfgenError(_mismatch(out, existing, content, run.requested_content()))
+        if run.world_size > 1:
+            raise DfgenError("--overwrite with several processes would race; delete the output directory first")
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        for name in ("index.json", "dataset.json", CONFIG_FILE):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
+              "dataset": dataset_description(run), "derived": derived_record(run)}
+    try:
+        write_json_atomic(config_path, record, replace=False)
+    except FileExistsError:  # another process claimed it since we looked: its claim stands, ours must match it
+        existing = read_claim(out)
+        if existing is None or existing.get("content") != content:
+            raise DfgenError(_mismatch(out, existing or {}, content, run.requested_content())) from None
+    (out / "shards").mkdir(exist_ok=True)
+
+
+def read_claim(out: Path) -> dict[str, Any] | None:
+    """config.json of `out`, or None where there is none."""
+    config_path = out / CONFIG_FILE
+    return json.loads(config_path.read_text()) if config_path.is_file() else None
+
+
+def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requested: dict[str, Any]) -> str:
+    """Why `out` is refused: for the execution alone, how to match it; else the keys the user asked differently
+    (derived values follow from them), else the resolved keys that differ."""
+    old = existing.get("content", {})
+    changed = _differing(old, content)
+    if [k for k in changed if k != "precision"] == ["execution"] and isinstance(old.get("execution"), dict):
+        was, now = old["execution"], content["execution"]
+        flags = f"--precision {was.get('precision')}" + (" --compile" if was.get("compile") else "")
+        return (f"{out} was made with {_describe_execution(was)}, but this process would compute with "
+                f"{_describe_execution(now)}, which writes different bytes into the same dataset; run it on a "
+                f"{was.get('device')} device with {flags}{'' if was.get('compile') else ' (no --compile)'}, or pass "
+                "--overwrite to replace it")
+    if changed == ["execution"] and old and "execution" not in old:
+        return (f"{out} was made by an earlier dfgen that did not record how its images were computed (device, "
+                "precision, --compile), so new shards could differ from its shards in their bytes; finish it with that "
+                "version, or pass --overwrite to replace it")
+    if existing.get("requested") and existing["requested"] != requested:
+        changed = _differing(existing["requested"], requested)
+    return (f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
+            "command to continue it, or pass --overwrite to replace it")
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+
+
+def _describe_execution(execution: dict[str, Any]) -> str:
+    compiled = "compiled" if execution.get("compile") else "eager"
+    return f"{execution.get('precision')} on {execution.get('device')} ({compiled})"
+
+
+def recorded_derivation(out: Path) -> dict[str, Any] | None:
+    """The "derived" entry of an existing config.json (a resume or another rank reuses its probe)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text()).get("derived")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def plan_from_description(description: dict[str, Any]) -> LabelPlan:
+    return LabelPlan(
+        n=description["n"],
+        num_classes=description["num_classes"],
+        classes_per_batch=description["classes_per_batch"],
+        images_per_class=description["images_per_class"],
+        seed=description["seed"],
+        shard_size=description["shard_size"],
+    )
+
+
+def finalize(out: Path) -> bool:
+    """If every shard is done, write index.json and dataset.json (atomically; several processes may
+    do it at once and write the same content). Cheap: sidecars and file sizes, not hashes. Needs only
+    config.json, not the teacher, so `dfgen index` can run anywhere."""
+    description = json.loads((out / CONFIG_FILE).read_text())["dataset"]
+    plan = plan_from_description(description)
+    sidecars = []
+    for shard in range(plan.num_shards):
+        sidecar = read_sidecar(out, shard)
+        tar_path, _ = shard_paths(out, shard)
+        if sidecar is None or not tar_path.is_file() or tar_path.stat().st_size != sidecar.get("bytes"):
+            return False
+        sidecars.append(sidecar)
+    counts = [int(s["count"]) for s in sidecars]
+    weighted = lambda key: float(np.average([s["loss"][key] for s in sidecars], weights=counts))  # noqa: E731
+    description = {
+        **description,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stats": {
+            "agreement": weighted("agreement"),
+            "target_prob_mean": weighted("target_prob_mean"),
+            "final_total_mean": weighted("final_total_mean"),
+            "retried_batches": int(sum(s["loss"]["retried_batches"] for s in sidecars)),
+            "seconds": float(sum(s.get("seconds", 0.0) for s in sidecars)),
+            "bytes": int(sum(s["bytes"] for s in sidecars)),
+        },
+    }
+    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
+    write_json_atomic(out / "dataset.json", description)
+    return True
+
+
+def dataset_description(run: RunPlan) -> dict[str, Any]:
+    """dataset.json without the figures only known at the end (stats, created)."""
+    c, plan, teacher = run.config, run.plan, run.teacher
+    resolution = run.teacher.resolution  # images are written at the teacher's input size
+    return {
+        "kind": "synthetic",
+        "tool": "dfgen",
+        "version": __version__,
+        "teacher": teacher.describe(),
+        "num_classes": teacher.num_classes,
+        "classes": list(c.class_names) if c.class_names else [str(i) for i in range(teacher.num_classes)],
+        "class_counts": plan.class_counts().tolist(),
+        "in_chans": teacher.in_chans,
+        "image_size": [teacher.in_chans, resolution, resolution],
+        "n": plan.n,
+        "num_shards": plan.num_shards,
+        "shard_size": plan.shard_size,
+        "batch_size": plan.batch_size,
+        "classes_per_batch": plan.classes_per_batch,
+        "images_per_class": plan.images_per_class,
+        "seed": c.seed,
+        "schedule": format_schedule(run.schedule),
+        "losses": dataclasses.asdict(run.weights),
+        "diversity": not c.no_diversity,
+        "optimizer": {"lr": c.lr, "warmup": c.warmup, "betas": [0.5, 0.9], "upsample": c.upsample,
+                      "jitter_fraction": c.jitter_fraction, "flip": run.flip, "multires": run.multires,
+                      "crop_min_scale": c.crop_min_scale, "kept": "last iterate"},
+        "derived": derived_record(run),
+        "soft_labels": {"k": min(c.soft_topk, teacher.num_classes), "of": "teacher logits on the written image"}
+        if c.soft_topk else None,
+        "precision": run.precision,
+        "execution": run.execution(),  # the same for every shard: a resume computing otherwise is refused
+        "format": c.format,
+        "quality": None if c.format == "png" else c.quality,
+        "fingerprint": config_fingerprint(run.content()),
+    }
