@@ -50,7 +50,7 @@ TEACHERS: dict[str, dict[str, Any]] = {
     "digits_cnn": {"data": "digits", "factory": None},
     "resnet18_digits": {"data": "digits", "factory": "resnet18_small", "epochs": 30},
     "lenet5_bn_mnist": {"data": "mnist", "factory": "lenet5_bn", "epochs": 8},
-    "vgg_bn_mnist": {"data": "mnist", "factory": "vgg_bn_small", "epochs": 8},
+    "vgg_bn_mnist": {"data": "mnist", "factory": "vgg_bn_small", "epochs": 5},
 }
 DISTILL = {  # DearKD micro for ~1,000 images: the digits preset's small-batch recipe at the data's own size
     "digits": (ROOT / "configs" / "distill_digits.yaml", {}),
@@ -122,7 +122,9 @@ def synthesize_job(out: Path, teacher: dict[str, Any], n: int, settings: dict[st
     import dfgen
 
     start = time.perf_counter()
-    options: dict[str, Any] = {"teacher": teacher["teacher"], "n": n, "out": str(out), "quiet": True}
+    # shards of 200 images (packaging only): an interrupted run resumes at the last finished shard
+    options: dict[str, Any] = {"teacher": teacher["teacher"], "n": n, "out": str(out), "quiet": True,
+                               "shard_size": 200 if n >= 400 else None}
     if teacher["weights"]:
         options.update(teacher_weights=teacher["weights"], image_size=teacher["image_size"], mean=teacher["mean"],
                        std=teacher["std"])
