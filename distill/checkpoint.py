@@ -1,5 +1,6 @@
 """Checkpoint I/O of `distill run`: files written so that a power loss leaves the old or the new one, never part
-of one; checkpoints read with `weights_only=True`; the student a checkpoint describes; every rank's RNG state.
+of one; checkpoints read with `weights_only=True`; what a run's checkpoint holds and where a resumed run starts; the
+student a checkpoint describes; every rank's RNG state.
 
 Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_args, pairs, bad_shards).
 """
@@ -19,10 +20,14 @@ import timm
 import torch
 
 from dfgen.shards import TMP_MARK
+from distill.config import TrainConfig
+from distill.distributed import DistEnv
 from distill.errors import DistillError
 from distill.models import DearKD
 
 CHECKPOINT_FORMAT = "distill-checkpoint-v1"
+# what best.pt keeps of last.pt: enough to evaluate or fine-tune the student, not to resume the run
+BEST_KEYS = ("format", "config", "model_args", "pairs", "model", "ema", "epoch", "stage", "best_top1")
 
 
 # ------------------------------------------------------------------------------------------------ atomic files
@@ -82,6 +87,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DistillError(f"{path} is not a distill checkpoint (made by `distill run`)")
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------------ a run's checkpoints
+def resume_point(cfg: TrainConfig, env: DistEnv, out: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None: a fresh run); refuses a run directory made with other settings."""
+    last_path = out / "last.pt"
+    if env.main and remove_stale_temporaries(out):
+        env.log(f"removed temporary files a killed run left in {out}")
+    if not last_path.is_file():
+        if cfg.resume:
+            env.log(f"no checkpoint in {out}: starting from scratch")
+        return None
+    if not cfg.resume:
+        raise DistillError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    ckpt = load_checkpoint(last_path)
+    saved = TrainConfig.from_json(ckpt["config"]).content()
+    changed = sorted(k for k in saved if saved[k] != cfg.content().get(k))
+    if changed:
+        raise DistillError(f"--resume: {last_path} was made with different settings ({', '.join(changed)}); "
+                           "resume with the same ones or use another --out")
+    return ckpt
+
+
+def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> None:
+    """last.pt every epoch; best.pt (its `BEST_KEYS`) when the validation top-1 improved."""
+    save_checkpoint(state, out / "last.pt")
+    if improved:
+        save_checkpoint({k: state[k] for k in BEST_KEYS}, out / "best.pt")
 
 
 # ------------------------------------------------------------------------------------------------ the student

@@ -3,6 +3,7 @@ autocast precision, and gathering Python objects from every rank."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,11 @@ class DistEnv:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def log(self, message: str) -> None:
+        """A line on stderr, from the main rank only."""
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
 
 
 def setup_distributed(device: str) -> DistEnv:

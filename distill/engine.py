@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Iterable
@@ -60,6 +61,14 @@ class EpochContext:
     clip_grad: float | None = None
     ema: Any = None  # timm ModelEmaV3 or None
     world_size: int = 1
+
+    def drop_teacher(self) -> None:
+        """Stage 2: the teacher's hooks go and its memory is freed (this context holds the run's only reference)."""
+        self.teacher.remove_hooks()
+        self.teacher = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -221,3 +230,15 @@ def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.devic
         results[name] = {"top1": 100.0 * float(count[0]) / max(n, 1), "top5": 100.0 * float(count[1]) / max(n, 1),
                          "n": n}
     return results
+
+
+def validate(model: nn.Module, ema: Any, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None,
+             world_size: int = 1) -> dict[str, Any]:
+    """The metrics record's validation fields: the student's top-1/top-5 and image count, and its EMA's accuracy."""
+    models = {"model": model, **({"ema": ema.module} if ema is not None else {})}
+    results = evaluate(models, loader, device, amp_dtype, world_size)
+    record = {"val_top1": results["model"]["top1"], "val_top5": results["model"]["top5"],
+              "val_n": results["model"]["n"]}
+    if ema is not None:
+        record.update(ema_val_top1=results["ema"]["top1"], ema_val_top5=results["ema"]["top5"])
+    return record
