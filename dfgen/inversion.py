@@ -97,11 +97,26 @@ def bn_noise_levels(probe: TeacherProbe, in_chans: int, size: int, device: torch
     inversion starts from), in fp32: the unit of the normalized BN term. Layers whose noise statistics already match
     are floored at 1% of the median level, so no layer's term is blown up."""
     noise = torch.randn(NOISE_IMAGES, in_chans, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        _, _, layer_losses = probe(noise)
+    try:
+        with torch.no_grad():
+            _, _, layer_losses = probe(noise)
+    except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the user's teacher can raise anything
+        raise teacher_failure(probe.model, noise, exc, f"on the start-up noise batch ({NOISE_IMAGES} images "
+                              f"{size}x{size}, the unit of the normalized BN loss)") from None
     levels = torch.stack([v.float() for v in layer_losses]).cpu()
     levels = levels.clamp_min(0.01 * float(levels.median()) + 1e-12)
     return [float(f"{v:.6g}") for v in levels.tolist()]
+
+
+def teacher_failure(model: nn.Module, batch: Tensor, exc: Exception, when: str) -> SynthesisError:
+    """One line for a failure of the user's teacher: when it happened and the innermost failing layer (found by
+    rerunning one image of the batch's shape; if one image runs, the layer is unknown and the error is quoted)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    where = describe_failure(model, tuple(batch.shape), batch.device) or f"{type(exc).__name__}: {first}"
+    return SynthesisError(f"the teacher failed {when} at {where}; "
+                          "`dfgen teachers --check NAME` lists the sizes it accepts")
 
 
 def lr_at(iteration: int, iterations: int, base_lr: float, warmup: int) -> float:
@@ -278,11 +293,9 @@ class InversionEngine:
         except (SynthesisError, torch.cuda.OutOfMemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # the user's teacher can raise anything
-            where = describe_failure(self.probe.model, tuple(view.shape), self.device) or \
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             size = view.shape[-1]
-            raise SynthesisError(f"the teacher failed in the {resolution}px stage (input {size}x{size}) at {where}; "
-                                 "`dfgen teachers --check NAME` lists the sizes it accepts") from None
+            raise teacher_failure(self.probe.model, view, exc,
+                                  f"in the {resolution}px stage (input {size}x{size})") from None
 
     def _resize(self, x: Tensor, resolution: int) -> Tensor:
         """Stage change, teacher view and output size: the same interpolation for all (antialiased when it

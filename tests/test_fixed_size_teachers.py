@@ -132,10 +132,10 @@ def test_upsample_mode_shows_the_teacher_only_its_own_size(models):
 
     teacher = _load(models, "recorded_lenet")
     for multires, shown in (("upsample", {(28, 28)}), ("native", {(20, 20)})):
-        teacher.model.sizes.clear()
         settings = EngineSettings(schedule=[(20, 3), (28, 3)], weights=LossWeights(), teacher_resolution=28,
                                   multires=multires, warmup=1)
         with InversionEngine(teacher.model, teacher.mean, teacher.std, settings, torch.device("cpu")) as engine:
+            teacher.model.sizes.clear()  # the engine measured BN noise levels at 28x28 on start-up; count from here
             if multires == "native":  # 20x20 gives LeNet a 2x2 map before its 5x5 convolution
                 with pytest.raises(Exception, match=r"20px stage \(input 20x20\) at layer net.8 \(Conv2d\)"):
                     engine.invert(torch.arange(4) % 10, seed=0)
@@ -146,8 +146,13 @@ def test_upsample_mode_shows_the_teacher_only_its_own_size(models):
 
 
 def test_a_forward_failure_during_synthesis_is_one_line_naming_stage_and_layer(dfgen_cli, tmp_path, models):
-    code, _, err = dfgen_cli(["synthesize", "--teacher", f"{models}:batch_of_one", "--image-size", "28", "-n", 10,
-                              "--schedule", "28:2", "--out", tmp_path / "o", *FAST])
+    args = ["synthesize", "--teacher", f"{models}:batch_of_one", "--image-size", "28", "-n", 10,
+            "--schedule", "28:2", *FAST]
+    code, _, err = dfgen_cli([*args, "--out", tmp_path / "o"])  # normalized form: fails measuring BN noise levels
+    assert code == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "the teacher failed on the start-up noise batch (16 images 28x28" in err and "layer head (Linear)" in err
+    code, _, err = dfgen_cli([*args, "--loss-form", "paper", "--out", tmp_path / "p"])  # no noise batch: a stage
     assert code == 1
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "the teacher failed in the 28px stage (input 28x28) at layer head (Linear)" in err

@@ -196,7 +196,7 @@ def test_export_real_streams_both_splits_that_distill_and_report_read(tiny_fashi
     assert labels.tolist() == tiny_fashion["test"][1].tolist()
     info = open_dataset(train)
     assert (info.n, info.num_classes, info.in_chans) == (20, 10, 1)
-    first, label = next(iter(eval_dataset(open_dataset(test), lambda image: image, 1)))  # distill's eval reader
+    first, label = next(iter(eval_dataset(open_dataset(test), lambda image: image, 1, 10)))  # distill's eval reader
     assert first.size == (28, 28) and label == 0
     assert np.array_equal(np.asarray(first), tiny_fashion["test"][0][0])
     code, out, err = dfgen_cli(["report", train, "--out", tmp_path / "report", "--lpips-net", "none", "--quiet"])

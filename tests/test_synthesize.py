@@ -42,7 +42,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 def test_inversion_reaches_teacher_agreement_and_bn_loss_falls(digits_teacher):
     torch.manual_seed(0)
-    settings = EngineSettings(schedule=[(16, 60), (32, 60)], weights=LossWeights(), warmup=10, log_every=1)
+    settings = EngineSettings(schedule=[(16, 100), (32, 100)], weights=LossWeights(), warmup=10, log_every=1)
     engine = InversionEngine(digits_teacher.model, digits_teacher.mean, digits_teacher.std, settings,
                              torch.device("cpu"))
     labels = torch.arange(10).repeat_interleave(2)
