@@ -7,7 +7,6 @@ Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import random
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import timm
 import torch
 
 from dfgen.shards import TMP_MARK
@@ -24,6 +22,7 @@ from distill.config import TrainConfig
 from distill.distributed import DistEnv
 from distill.errors import DistillError
 from distill.models import DearKD
+from distill.student import create_student
 
 CHECKPOINT_FORMAT = "distill-checkpoint-v1"
 # what best.pt keeps of last.pt: enough to evaluate or fine-tune the student, not to resume the run
@@ -118,35 +117,6 @@ def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> 
 
 
 # ------------------------------------------------------------------------------------------------ the student
-def create_student(name: str, num_classes: int, in_chans: int, img_size: int | None, drop_path: float,
-                   model_kwargs: dict[str, Any] | None = None) -> DearKD:
-    """A registered DearKD student (`dearkd_*`, `deit_micro_patch4_32`) built through timm; `model_kwargs` go to its
-    constructor (e.g. prefix_logit, locality_strength)."""
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DistillError(f"unknown student model {name!r}{hint} (students: {', '.join(student_names())})")
-    kwargs: dict[str, Any] = {**(model_kwargs or {}), "num_classes": num_classes, "in_chans": in_chans,
-                              "drop_path_rate": drop_path}
-    if img_size:
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs) if _is_student(name) else None
-    except TypeError as exc:  # an argument the student's constructor does not take
-        raise DistillError(f"model_kwargs {model_kwargs}: {name} does not take them ({exc})") from None
-    if not isinstance(model, DearKD):
-        raise DistillError(f"{name} is not a DearKD student; use one of {', '.join(student_names())}")
-    return model
-
-
-def student_names() -> list[str]:
-    return sorted(n for n in timm.list_models() if _is_student(n))
-
-
-def _is_student(name: str) -> bool:
-    return name in timm.list_models(module="dearkd")
-
-
 def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> DearKD:
     """Rebuild the student of a checkpoint, with its model_kwargs (EMA weights if asked and present)."""
     args = json.loads(ckpt["model_args"])

@@ -3,6 +3,7 @@ autocast precision, and gathering Python objects from every rank."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision in ("bf16", "fp16") and device.type != "cuda":
         raise DistillError(f"--precision {precision} needs a CUDA device; use fp32 (or auto) on CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast at `dtype` (from `resolve_precision`); None: fp32, no autocast at all."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def gather_objects(obj: Any, world_size: int) -> list[Any]:

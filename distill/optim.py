@@ -59,7 +59,8 @@ class Optimization:
 def build_optimization(cfg: TrainConfig, trainable: Trainable, steps_per_epoch: int,
                        amp_dtype: torch.dtype | None) -> Optimization:
     """timm's optimizer over the student and aligners (no weight decay on embeddings and MHCA's positional
-    parameters), a cosine schedule over all epochs with warmup, stepped per update; --lr scaled by batch/lr_base_size."""
+    parameters), a cosine schedule over all epochs with warmup, stepped per update; --lr scaled by
+    batch / lr_base_size."""
     lr = cfg.lr * cfg.batch_size / cfg.lr_base_size if cfg.lr_base_size else cfg.lr
     optimizer = create_optimizer_v2(trainable, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs, min_lr=cfg.min_lr,

@@ -1,8 +1,9 @@
-"""The log of a run: metrics.jsonl (one JSON line per epoch) and curves.png in its directory, both written
-atomically, and the lines it prints (what is trained on what, one summary per epoch)."""
+"""The log of a run: config.json, metrics.jsonl (one JSON line per epoch) and curves.png in its directory, all
+written atomically, and the lines it prints (what is trained on what, one summary per epoch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from distill.checkpoint import write_atomic
 from distill.config import TrainConfig
 from distill.sources import DatasetInfo
 from distill.teacher_features import Pair
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    """config.json: every setting of the run, for a reader (--resume compares the checkpoint's copy)."""
+    text = json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True) + "\n"
+    write_atomic(out / "config.json", lambda handle: handle.write(text.encode()))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
