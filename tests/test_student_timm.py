@@ -33,6 +33,23 @@ def test_a_checkpoint_of_the_pre_timm_student_loads_and_gives_its_logits() -> No
     torch.testing.assert_close(logits, ckpt["probe_logits"], atol=1e-6, rtol=0)
 
 
+# counted on the pre-timm DearKD (git 6ad4c7d) at its default 10 classes for the micro models, num_classes=10 for the
+# ImageNet ones: building on timm's ViT adds and drops no parameter
+PRE_TIMM_PARAMS = {
+    "dearkd_micro_patch4_32": 684_596,
+    "deit_micro_patch4_32": 684_404,
+    "dearkd_tiny_patch16_224": 5_529_044,
+    "dearkd_small_patch16_224": 21_674_516,
+    "dearkd_base_patch16_224": 85_816_084,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRE_TIMM_PARAMS))
+def test_parameter_counts_are_the_pre_timm_ones(name: str) -> None:
+    model = timm.create_model(name, num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == PRE_TIMM_PARAMS[name]
+
+
 def test_parameter_order_is_the_pre_timm_one() -> None:
     # the optimizer state of a checkpoint is indexed by parameter order: class token, distillation token, position
     # embedding first, as before
