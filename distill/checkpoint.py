@@ -1,12 +1,12 @@
 """Checkpoint I/O of `distill run`: files written so that a power loss leaves the old or the new one, never part
-of one; checkpoints read with `weights_only=True`; the student a checkpoint describes; every rank's RNG state.
+of one; checkpoints read with `weights_only=True`; what a run's checkpoint holds and where a resumed run starts; the
+student a checkpoint describes; every rank's RNG state.
 
 Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_args, pairs, bad_shards).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import random
@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import timm
 import torch
 
 from dfgen.shards import TMP_MARK
+from distill.config import TrainConfig
+from distill.distributed import DistEnv
 from distill.errors import DistillError
 from distill.models import DearKD
+from distill.student import create_student
 
 CHECKPOINT_FORMAT = "distill-checkpoint-v1"
+# what best.pt keeps of last.pt: enough to evaluate or fine-tune the student, not to resume the run
+BEST_KEYS = ("format", "config", "model_args", "pairs", "model", "ema", "epoch", "stage", "best_top1")
 
 
 # ------------------------------------------------------------------------------------------------ atomic files
@@ -84,36 +88,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# ------------------------------------------------------------------------------------------------ a run's checkpoints
+def resume_point(cfg: TrainConfig, env: DistEnv, out: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None: a fresh run); refuses a run directory made with other settings."""
+    last_path = out / "last.pt"
+    if env.main and remove_stale_temporaries(out):
+        env.log(f"removed temporary files a killed run left in {out}")
+    if not last_path.is_file():
+        if cfg.resume:
+            env.log(f"no checkpoint in {out}: starting from scratch")
+        return None
+    if not cfg.resume:
+        raise DistillError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    ckpt = load_checkpoint(last_path)
+    saved = TrainConfig.from_json(ckpt["config"]).content()
+    changed = sorted(k for k in saved if saved[k] != cfg.content().get(k))
+    if changed:
+        raise DistillError(f"--resume: {last_path} was made with different settings ({', '.join(changed)}); "
+                           "resume with the same ones or use another --out")
+    return ckpt
+
+
+def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> None:
+    """last.pt every epoch; best.pt (its `BEST_KEYS`) when the validation top-1 improved."""
+    save_checkpoint(state, out / "last.pt")
+    if improved:
+        save_checkpoint({k: state[k] for k in BEST_KEYS}, out / "best.pt")
+
+
 # ------------------------------------------------------------------------------------------------ the student
-def create_student(name: str, num_classes: int, in_chans: int, img_size: int | None, drop_path: float,
-                   model_kwargs: dict[str, Any] | None = None) -> DearKD:
-    """A registered DearKD student (`dearkd_*`, `deit_micro_patch4_32`) built through timm; `model_kwargs` go to its
-    constructor (e.g. prefix_logit, locality_strength)."""
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DistillError(f"unknown student model {name!r}{hint} (students: {', '.join(student_names())})")
-    kwargs: dict[str, Any] = {**(model_kwargs or {}), "num_classes": num_classes, "in_chans": in_chans,
-                              "drop_path_rate": drop_path}
-    if img_size:
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs) if _is_student(name) else None
-    except TypeError as exc:  # an argument the student's constructor does not take
-        raise DistillError(f"model_kwargs {model_kwargs}: {name} does not take them ({exc})") from None
-    if not isinstance(model, DearKD):
-        raise DistillError(f"{name} is not a DearKD student; use one of {', '.join(student_names())}")
-    return model
-
-
-def student_names() -> list[str]:
-    return sorted(n for n in timm.list_models() if _is_student(n))
-
-
-def _is_student(name: str) -> bool:
-    return name in timm.list_models(module="dearkd")
-
-
 def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> DearKD:
     """Rebuild the student of a checkpoint, with its model_kwargs (EMA weights if asked and present)."""
     args = json.loads(ckpt["model_args"])

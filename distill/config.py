@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,20 @@ class TrainConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute, so the configuration compared on --resume does not depend on the cwd (shard
+    patterns and `a::b` lists part by part, without touching the braces)."""
+    def local(path: str | None) -> str | None:
+        if path is None:
+            return None
+        if "{" in path or "::" in path:
+            return "::".join(os.path.abspath(part) for part in path.split("::"))
+        return str(Path(path).resolve())
+
+    return dataclasses.replace(cfg, shards=[local(s) for s in cfg.shards], val=local(cfg.val),
+                               val_labels=local(cfg.val_labels), teacher_weights=local(cfg.teacher_weights))
 
 
 def _floats(value: Any, name: str) -> list[float] | None:

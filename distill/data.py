@@ -1,4 +1,5 @@
-"""Evaluation data, the attention probe's images, the student's transforms, and the epoch length.
+"""The data of a run (its training sets checked against the configuration, the batch per process, loader workers),
+evaluation data, the attention probe's images, the student's transforms, and the epoch length.
 
 Sources are opened in `distill.sources` (dfgen datasets, WebDataset shards, ImageFolders, ImageNet's flat validation
 layout); the training stream is `distill.pipeline`.
@@ -7,7 +8,9 @@ layout); the training stream is `distill.pipeline`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +27,61 @@ from distill.sources import IMAGE_EXTS, DatasetInfo, open_dataset, open_training
 
 __all__ = ["DatasetInfo", "eval_loader", "eval_transform", "image_mode", "open_dataset", "open_training_sets",
            "probe_images", "steps_per_epoch", "train_transform"]
+
+
+@dataclass
+class RunData:
+    """The opened training and validation data of a run."""
+
+    infos: list[DatasetInfo]
+    val: DatasetInfo | None
+    num_classes: int
+    in_chans: int
+
+
+def open_run_data(cfg: TrainConfig) -> RunData:
+    """Open the --shards sources and --val, with the class count and channel count they give (or the config's);
+    refuses stored soft labels where the data holds none."""
+    infos = open_training_sets(cfg.shards, cfg.num_classes, cfg.image_key, cfg.label_key, cfg.fraction)
+    num_classes = cfg.num_classes or next((i.num_classes for i in infos if i.num_classes), None)
+    if not num_classes:
+        raise DistillError("the training data gives no class count (no dataset.json); pass --num-classes")
+    in_chans = cfg.in_chans or next((i.in_chans for i in infos if i.in_chans), 3)
+    classes = next((i.classes for i in infos if i.classes), None)
+    val = None
+    if cfg.val:
+        val = open_dataset(cfg.val, num_classes=num_classes, image_key=cfg.image_key, label_key=cfg.label_key,
+                           labels_file=cfg.val_labels, classes=classes)
+        if val.num_classes not in (None, num_classes):
+            raise DistillError(f"--val {val.name} has {val.num_classes} classes, the training data {num_classes}")
+    if cfg.soft_labels == "stored" and cfg.stage1_epochs > 0:
+        for info in infos:
+            if info.synthetic and info.soft_k is None:
+                raise DistillError(f"{info.name} holds no stored soft labels (its dataset.json has no soft_labels); "
+                                   "re-synthesize it with a dfgen that stores them, or use --soft-labels online")
+        if not any(i.soft_k for i in infos):
+            raise DistillError(f"--soft-labels stored: none of {', '.join(i.name for i in infos)} holds stored soft "
+                               "labels; give a synthetic dataset made with them, or use --soft-labels online")
+    return RunData(infos, val, int(num_classes), int(in_chans))
+
+
+def rank_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """Each process's share of --batch-size."""
+    if cfg.batch_size % world_size:
+        raise DistillError(f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
+    rank_batch = cfg.batch_size // world_size
+    if cfg.mixing and rank_batch % 2:
+        raise DistillError(f"mixup/cutmix need an even batch per process, got {rank_batch}")
+    return rank_batch
+
+
+def loader_workers(workers: int | None, device: torch.device) -> int:
+    """--workers if given, else none on CPU and up to 8 per process (the node's cores shared) on GPUs."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    return min(8, max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
 
 
 def image_mode(in_chans: int) -> str:

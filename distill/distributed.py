@@ -3,6 +3,8 @@ autocast precision, and gathering Python objects from every rank."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,11 @@ class DistEnv:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def log(self, message: str) -> None:
+        """A line on stderr, from the main rank only."""
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
 
 
 def setup_distributed(device: str) -> DistEnv:
@@ -49,6 +56,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision in ("bf16", "fp16") and device.type != "cuda":
         raise DistillError(f"--precision {precision} needs a CUDA device; use fp32 (or auto) on CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast at `dtype` (from `resolve_precision`); None: fp32, no autocast at all."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def gather_objects(obj: Any, world_size: int) -> list[Any]:

@@ -1,8 +1,9 @@
-"""One training epoch and one evaluation pass (DeiT's engine, flat loops)."""
+"""One training epoch (DeiT's engine, a flat loop): the student's forward, the DearKD loss, the optimizer step, the
+schedule and EMA updates, and the epoch's loss terms summed over ranks. Evaluation is `distill.evaluation`."""
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import math
 import time
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from tqdm.auto import tqdm
 
+from distill.distributed import autocast
 from distill.errors import DistillError
 from distill.losses import dearkd_loss, distillation_target, mix_targets
 from distill.pipeline import ShardHealth
@@ -61,11 +63,13 @@ class EpochContext:
     ema: Any = None  # timm ModelEmaV3 or None
     world_size: int = 1
 
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    def drop_teacher(self) -> None:
+        """Stage 2: the teacher's hooks go and its memory is freed (this context holds the run's only reference)."""
+        self.teacher.remove_hooks()
+        self.teacher = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _sync_grads(module: nn.Module, world_size: int) -> None:
@@ -189,35 +193,3 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
     if ctx.num_sources > 1:  # the share of each --shards source in this epoch's images, as drawn
         stats["mix"] = [round(float(c) / max(float(per_source.sum()), 1.0), 4) for c in per_source]
     return stats, num_updates
-
-
-@torch.no_grad()
-def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.device,
-             amp_dtype: torch.dtype | None = None, world_size: int = 1) -> dict[str, dict[str, float]]:
-    """Top-1 / top-5 accuracy (percent) of the averaged heads of every model (e.g. the student and its EMA) in one
-    pass over the data, summed over ranks: {name: {"top1", "top5", "n"}}."""
-    modes = {name: model.training for name, model in models.items()}
-    counts = {name: torch.zeros(3, dtype=torch.float64, device=device) for name in models}
-    try:
-        for model in models.values():
-            model.eval()
-        for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            for name, model in models.items():
-                with autocast(device, amp_dtype):
-                    logits = model(images)
-                k = min(5, logits.shape[-1])
-                hits = logits.float().topk(k, dim=-1).indices.eq(labels[:, None])
-                counts[name] += torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum(),
-                                             torch.tensor(labels.numel(), device=device)]).double()
-    finally:
-        for name, model in models.items():
-            model.train(modes[name])
-    results = {}
-    for name, count in counts.items():
-        if world_size > 1:
-            dist.all_reduce(count)
-        n = int(count[2])
-        results[name] = {"top1": 100.0 * float(count[0]) / max(n, 1), "top5": 100.0 * float(count[1]) / max(n, 1),
-                         "n": n}
-    return results

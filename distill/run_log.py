@@ -1,12 +1,26 @@
-"""The log of a run directory: metrics.jsonl (one JSON line per epoch) and curves.png, both written atomically."""
+"""The log of a run: config.json, metrics.jsonl (one JSON line per epoch) and curves.png in its directory, all
+written atomically, and the lines it prints (what is trained on what, one summary per epoch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from distill.checkpoint import write_atomic
+from distill.config import TrainConfig
+from distill.sources import DatasetInfo
+from distill.teacher_features import Pair
+
+
+def write_config(out: Path, cfg: TrainConfig) -> None:
+    """config.json: every setting of the run, for a reader (--resume compares the checkpoint's copy)."""
+    text = json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True) + "\n"
+    write_atomic(out / "config.json", lambda handle: handle.write(text.encode()))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -72,3 +86,20 @@ def summary_line(r: dict[str, Any], epochs: int) -> str:
     if "attn_distance" in r:
         text += " attn " + "/".join(f"{d:.1f}" for d in r["attn_distance"])
     return text
+
+
+def startup_line(cfg: TrainConfig, model: nn.Module, infos: list[DatasetInfo], steps: int, world_size: int,
+                 device: torch.device, lr: float, teacher_name: str | None, pairs: list[Pair]) -> str:
+    """What the run trains: the student, the data, the schedule, the processes, the teacher and the aligned pairs."""
+    in_chans, (height, width) = model.patch_embed.proj.in_channels, model.patch_embed.img_size
+    sources = " + ".join(f"{i.name} ({i.kind}, {i.n})" for i in infos)
+    stored = cfg.soft_labels == "stored"
+    return (f"distill: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+            f"{in_chans}x{height}x{width}, {model.num_classes} classes)"
+            f" on {sources}" + (f" mixed {'/'.join(f'{m:g}' for m in cfg.mix)}" if cfg.mix else "")
+            + f", {steps} steps/epoch x {cfg.epochs} epochs (stage 1: {cfg.stage1_epochs}), batch "
+            f"{cfg.batch_size} on {world_size} process(es), {device}, lr {lr:.2e}"
+            + (f", teacher {teacher_name}" if teacher_name else "")
+            + (", stored soft labels" if stored and cfg.stage1_epochs else "")
+            + "".join(f", align block {p.block} <- {p.stage.name} ({p.stage.channels}x{p.stage.hw[0]}x"
+                      f"{p.stage.hw[1]})" for p in pairs))

@@ -8,6 +8,8 @@ so the teacher's own forward (and its logits) is used unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -41,6 +43,15 @@ class Pair:
     @property
     def key(self) -> str:
         return f"b{self.block}_{self.stage.name.replace('.', '_')}"
+
+
+def pairs_to_json(pairs: list[Pair]) -> str:
+    """The pairs as a checkpoint stores them (the aligners they size outlive the teacher)."""
+    return json.dumps([{"block": p.block, **dataclasses.asdict(p.stage)} for p in pairs])
+
+
+def pairs_from_json(text: str) -> list[Pair]:
+    return [Pair(d["block"], Stage(d["index"], d["name"], d["channels"], tuple(d["hw"]))) for d in json.loads(text)]
 
 
 def _candidate_modules(model: nn.Module) -> list[str]:

@@ -336,7 +336,7 @@ def test_distill_rebuilds_the_own_teacher_from_dataset_json(tmp_path, models_py,
     import distill  # noqa: F401  (registers the students)
     from distill.config import build_config
     from distill.data import open_dataset
-    from distill.train import _load_teacher
+    from distill.teacher import load_stage1_teacher as _load_teacher
 
     weights = own_weights(tmp_path / "own.pt", num_classes=4, in_chans=1)
     out = tmp_path / "syn"

@@ -1,7 +1,8 @@
 """DearKD vision-transformer students, registered as timm models.
 
-DeiT backbone with a class and a distillation token and two heads; the first ``num_mhca_blocks`` blocks use
-MHCA (relative-position convolutional attention, see ``mhca.py``), the rest plain MHSA.
+timm's distilled ViT (DeiT: a class and a distillation token, two heads); the first ``num_mhca_blocks`` blocks
+use MHCA (relative-position convolutional attention, see ``mhca.py``), the rest plain MHSA, both subclasses of
+timm's ``Attention`` inside timm's ``Block``.
 
 Registered names (``import distill`` registers them, then ``timm.create_model(name, ...)``):
 
@@ -24,8 +25,10 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from distill.models.mhca import MHCA, MHSA
@@ -35,119 +38,71 @@ __all__ = ["Block", "DearKD"]
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block; ``attn`` is an ``MHSA`` or ``MHCA`` instance."""
-
-    def __init__(
-        self,
-        dim: int,
-        attn: MHSA,
-        mlp_ratio: float = 4.0,
-        proj_drop: float = 0.0,
-        drop_path: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
-    ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = attn
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
-
-
-class DearKD(nn.Module):
-    """DeiT-style ViT with class + distillation tokens whose first ``num_mhca_blocks`` blocks use MHCA.
+class DearKD(VisionTransformerDistilled):
+    """timm's distilled ViT (DeiT: class + distillation tokens, two heads) whose first ``num_mhca_blocks`` blocks
+    use MHCA, the rest plain MHSA (both timm ``Attention`` subclasses in timm ``Block`` s).
 
     Output, as timm's distilled ViT: after ``set_distilled_training(True)``, in training mode ``forward`` returns
     ``(cls_logits, dist_logits)``; otherwise (eval mode, or not distilled training) their average (DeiT's distilled
     inference).  ``forward_features`` returns the normed tokens ``(B, 2 + N, D)`` (class, distillation, then the N
     patch tokens row-major), ``forward_head(x, pre_logits=False)`` maps them to logits (``pre_logits=True``: the
     average of the two normed prefix tokens).  ``forward_with_tokens`` additionally returns the patch tokens of
-    chosen blocks for hidden distillation.
-    """
+    chosen blocks for hidden distillation.  Gradient checkpointing, ``group_matcher``, ``forward_intermediates``
+    and ``set_input_size`` (position-embedding resampling; the MHCA grids follow) are timm's.
 
-    num_prefix_tokens = 2  # class + distillation token
+    The state-dict names and the parameter order are those of the model before it was built on timm's ViT, so
+    older checkpoints (and their optimizer state) load unchanged.
+    """
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        *,
         global_pool: str = "token",
-        embed_dim: int = 192,
         depth: int = 12,
-        num_heads: int = 12,
         num_mhca_blocks: int = 8,
-        mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         locality_strength: float = 1.0,
         prefix_logit: bool = True,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
-        proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if global_pool != "token":
             raise ValueError(f"DearKD only supports global_pool='token', got {global_pool!r}")
         if not 0 <= num_mhca_blocks <= depth:
             raise ValueError(f"num_mhca_blocks must be in [0, depth={depth}], got {num_mhca_blocks}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        if kwargs.get("dynamic_img_size") and num_mhca_blocks:
+            raise ValueError("MHCA needs a fixed patch grid: dynamic_img_size is not supported with MHCA blocks")
+        weight_init = kwargs.pop("weight_init", "")  # applied once the MHCA layers are in
+        super().__init__(global_pool=global_pool, depth=depth, qkv_bias=qkv_bias, attn_drop_rate=attn_drop_rate,
+                         proj_drop_rate=proj_drop_rate, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                         block_fn=Block, attn_layer=MHSA, weight_init="skip", **kwargs)
         self.num_mhca_blocks = num_mhca_blocks
-        self.distilled_training = False  # set_distilled_training(True) to train the two heads apart (timm's API)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim)
-        self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)
-        self.patch_size: tuple[int, int] = tuple(self.patch_embed.patch_size)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # absolute position embedding as in DeiT (covers the two prefix tokens too)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
-        self.pos_drop = nn.Dropout(pos_drop_rate)
-
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
-        blocks = []
-        for i in range(depth):
-            if i < num_mhca_blocks:
-                attn: MHSA = MHCA(embed_dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
-                                  proj_drop=proj_drop_rate, grid_size=self.grid_size,
-                                  num_prefix_tokens=self.num_prefix_tokens,
-                                  locality_strength=locality_strength, prefix_logit=prefix_logit)
-            else:
-                attn = MHSA(embed_dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
-                            proj_drop=proj_drop_rate)
-            blocks.append(Block(embed_dim, attn, mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate,
-                                drop_path=dpr[i], norm_layer=norm_layer))
-        self.blocks = nn.Sequential(*blocks)
-        self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        for block in self.blocks[:num_mhca_blocks]:  # MHCA swapped into the first blocks
+            block.attn = MHCA(self.embed_dim, block.attn.num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+                              proj_drop=proj_drop_rate, grid_size=self.grid_size,
+                              num_prefix_tokens=self.num_prefix_tokens, locality_strength=locality_strength,
+                              prefix_logit=prefix_logit)
+        # parameter order of the pre-timm model (class, distillation token, position embedding), so the optimizer
+        # state in its checkpoints lines up
+        self._parameters["pos_embed"] = self._parameters.pop("pos_embed")
+        self.weight_init_mode = weight_init
+        if weight_init != "skip":
+            self.init_weights(needs_reset=False)
 
     # ------------------------------------------------------------------------------------ init / timm API
-    def _init_weights(self) -> None:
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        trunc_normal_(self.dist_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        # MHCA's positional parameters are initialised in MHCA itself (local init), nothing to redo here
+    def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
+        super().init_weights(mode, needs_reset=needs_reset)
+        trunc_normal_(self.cls_token, std=0.02)  # DeiT's init, as before (timm's ViT starts it near zero)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the patch grid."""
+        return tuple(self.patch_embed.grid_size)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.patch_embed.patch_size)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -157,51 +112,17 @@ class DearKD(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.endswith((".pos_weight", ".prefix_logit"))}
         return names
 
-    @torch.jit.ignore
-    def get_classifier(self) -> tuple[nn.Module, nn.Module]:
-        return self.head, self.head_dist
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool != "token":
-            raise ValueError("DearKD only supports global_pool='token'")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @torch.jit.ignore
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """Training-mode forward returns ``(cls, dist)`` logits when enabled (timm's ``VisionTransformerDistilled``)."""
-        self.distilled_training = enable
+    def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
+        """timm's resize (the position embedding is resampled); the MHCA layers take the new patch grid."""
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        for layer in self.mhca_layers():
+            layer.set_grid_size(self.grid_size)
 
     def mhca_layers(self) -> list[MHCA]:
         """The MHCA attention modules, in block order."""
         return [b.attn for b in self.blocks if isinstance(b.attn, MHCA)]
 
     # ----------------------------------------------------------------------------------------------- forward
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        b = x.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1), x], dim=1)
-        return self.pos_drop(x + self.pos_embed)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, H, W)`` -> normed tokens ``(B, 2 + N, D)``."""
-        return self.norm(self.blocks(self._embed(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Logits:
-        """Tokens from ``forward_features`` -> ``(cls, dist)`` logits in distilled training, else their mean."""
-        x_cls, x_dist = x[:, 0], x[:, 1]
-        if pre_logits:
-            return (x_cls + x_dist) / 2
-        x_cls = self.head(self.head_drop(x_cls))
-        x_dist = self.head_dist(self.head_drop(x_dist))
-        if self.distilled_training and self.training:
-            return x_cls, x_dist
-        return (x_cls + x_dist) / 2
-
-    def forward(self, x: torch.Tensor) -> Logits:
-        return self.forward_head(self.forward_features(x))
-
     def forward_with_tokens(
         self, x: torch.Tensor, blocks: Sequence[int]
     ) -> tuple[Logits, dict[int, torch.Tensor]]:
@@ -211,8 +132,7 @@ class DearKD(nn.Module):
             x: images ``(B, C, H, W)``.
             blocks: 0-based block indices (block ``k`` here is block ``k + 1`` in the paper's numbering;
                 negative indices count from the end).  Unlike timm's ``forward_intermediates`` (which this
-                model does not implement) this returns the logits too, so the trainer needs one pass for both
-                losses.
+                builds on) this returns the logits too, so the trainer needs one pass for both losses.
 
         Returns:
             ``(logits, feats)``: ``logits`` exactly as ``forward`` returns them (tuple in distilled
@@ -222,18 +142,15 @@ class DearKD(nn.Module):
             ``distill.models.Aligner`` turns them into a ``(B, c, h, w)`` map.
         """
         depth = len(self.blocks)
-        wanted: dict[int, list[int]] = {}
         for k in blocks:
             if not -depth <= k < depth:
                 raise IndexError(f"block index {k} out of range for depth {depth}")
-            wanted.setdefault(k % depth, []).append(k)
-        x = self._embed(x)
-        feats: dict[int, torch.Tensor] = {}
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            for k in wanted.get(i, ()):
-                feats[k] = x[:, self.num_prefix_tokens:]
-        return self.forward_head(self.norm(x)), feats
+        if not blocks:
+            return self(x), {}
+        taken = sorted({k % depth for k in blocks})
+        x, tokens = self.forward_intermediates(x, indices=taken, output_fmt="NLC")
+        by_block = dict(zip(taken, tokens, strict=True))
+        return self.forward_head(x), {k: by_block[k % depth] for k in blocks}
 
 
 # ------------------------------------------------------------------------------------------------ registry

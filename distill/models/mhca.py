@@ -15,9 +15,11 @@ at offset ``D`` and, for large ``alpha``, behaves like one tap of a convolution 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention
 from torch import nn
 
 __all__ = ["MHSA", "MHCA", "local_offsets", "relative_position_features"]
@@ -55,12 +57,13 @@ def relative_position_features(grid_size: tuple[int, int]) -> torch.Tensor:
     return torch.cat([delta.pow(2).sum(-1, keepdim=True), delta], dim=-1)
 
 
-class MHSA(nn.Module):
-    """Multi-head self-attention (timm ``Attention`` layout: fused ``qkv`` linear, ``proj`` linear).
+class MHSA(Attention):
+    """timm's ``Attention`` (fused ``qkv``, ``proj``; the same state-dict names) with two additions the student needs.
 
-    Setting ``record_attn = True`` makes the layer compute the softmax explicitly and keep the (detached)
-    attention probabilities of the last call in ``last_attn`` (shape ``(B, heads, L, L)``); otherwise the
-    fused ``F.scaled_dot_product_attention`` path runs and nothing is stored.
+    ``attn_bias(num_tokens)`` is an additive logit bias hook (``None`` here; MHCA's positional term), and setting
+    ``record_attn = True`` makes the layer compute the softmax explicitly and keep the (detached) attention
+    probabilities of the last call in ``last_attn`` (shape ``(B, heads, L, L)``); otherwise the fused
+    ``F.scaled_dot_product_attention`` path runs (timm's ``fused_attn``) and nothing is stored.
     """
 
     def __init__(
@@ -70,17 +73,12 @@ class MHSA(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                         **kwargs)
         self.record_attn = False
         self.last_attn: torch.Tensor | None = None
 
@@ -88,25 +86,33 @@ class MHSA(nn.Module):
         """Additive logit bias of shape ``(heads, L, L)``; ``None`` for plain self-attention."""
         return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        if is_causal:
+            raise ValueError("the student's attention is not causal")
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, L, head_dim) each
+        q, k = self.q_norm(q), self.k_norm(k)
         bias = self.attn_bias(n)
         if bias is not None:
-            bias = bias.to(q.dtype)  # SDPA wants the float mask in the query dtype (autocast)
-        if self.record_attn:
+            if attn_mask is not None:
+                raise ValueError(f"{type(self).__name__} adds its own positional bias; it takes no attention mask")
+            attn_mask = bias.to(q.dtype)  # SDPA wants the float mask in the query dtype (autocast)
+        if self.record_attn or not self.fused_attn:
             logits = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                logits = logits + bias
+            if attn_mask is not None:
+                logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                    else logits + attn_mask
             attn = logits.softmax(dim=-1)
-            self.last_attn = attn.detach()
+            if self.record_attn:
+                self.last_attn = attn.detach()
             x = self.attn_drop(attn) @ v
         else:
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
-            )
-        x = x.transpose(1, 2).reshape(b, n, c)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = self.norm(x.transpose(1, 2).reshape(b, n, self.attn_dim))
         return self.proj_drop(self.proj(x))
 
 
@@ -141,19 +147,29 @@ class MHCA(MHSA):
         num_prefix_tokens: int = 2,
         locality_strength: float = 1.0,
         prefix_logit: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.grid_size = tuple(grid_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
         self.num_prefix_tokens = num_prefix_tokens
         self.offsets = local_offsets(num_heads)
         # v^h, one 3-vector per head, in the order of r_ij = (||delta||^2, dx, dy)
         self.pos_weight = nn.Parameter(torch.zeros(num_heads, 3))
         use_prefix_logit = prefix_logit and num_prefix_tokens > 0
         self.prefix_logit = nn.Parameter(torch.zeros(num_heads)) if use_prefix_logit else None
-        # derived from grid_size, so not saved in the state dict
-        self.register_buffer("rel_pos", relative_position_features(self.grid_size), persistent=False)
+        self.set_grid_size(grid_size)
         self.reset_positional(locality_strength)
+
+    def set_grid_size(self, grid_size: tuple[int, int]) -> None:
+        """The patch grid the layer expects (``DearKD.set_input_size`` calls this when the image size changes)."""
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        # derived from grid_size, so not saved in the state dict
+        self.register_buffer("rel_pos", relative_position_features(self.grid_size).to(self.pos_weight.device),
+                             persistent=False)
+
+    def init_weights(self) -> None:
+        """timm's ViT init calls this (after the linears): the local initialisation again."""
+        self.reset_positional(self.locality_strength)
 
     @torch.no_grad()
     def reset_positional(self, locality_strength: float) -> None:

@@ -1,0 +1,88 @@
+"""Evaluation of a student: top-1/top-5 of the averaged heads in one pass (the student and its EMA together),
+summed over ranks; the metrics record's validation fields; and `distill eval` on a saved checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.data import resolve_data_config
+from torch import nn
+
+from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.data import eval_loader, eval_transform
+from distill.distributed import autocast
+from distill.errors import DistillError
+from distill.sources import open_dataset
+
+
+@torch.no_grad()
+def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.device,
+             amp_dtype: torch.dtype | None = None, world_size: int = 1) -> dict[str, dict[str, float]]:
+    """Top-1 / top-5 accuracy (percent) of the averaged heads of every model (e.g. the student and its EMA) in one
+    pass over the data, summed over ranks: {name: {"top1", "top5", "n"}}."""
+    modes = {name: model.training for name, model in models.items()}
+    counts = {name: torch.zeros(3, dtype=torch.float64, device=device) for name in models}
+    try:
+        for model in models.values():
+            model.eval()
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            for name, model in models.items():
+                with autocast(device, amp_dtype):
+                    logits = model(images)
+                k = min(5, logits.shape[-1])
+                hits = logits.float().topk(k, dim=-1).indices.eq(labels[:, None])
+                counts[name] += torch.stack([hits[:, 0].sum(), hits.any(dim=-1).sum(),
+                                             torch.tensor(labels.numel(), device=device)]).double()
+    finally:
+        for name, model in models.items():
+            model.train(modes[name])
+    results = {}
+    for name, count in counts.items():
+        if world_size > 1:
+            dist.all_reduce(count)
+        n = int(count[2])
+        results[name] = {"top1": 100.0 * float(count[0]) / max(n, 1), "top5": 100.0 * float(count[1]) / max(n, 1),
+                         "n": n}
+    return results
+
+
+def validate(model: nn.Module, ema: Any, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None,
+             world_size: int = 1) -> dict[str, Any]:
+    """The metrics record's validation fields: the student's top-1/top-5 and image count, and its EMA's accuracy."""
+    models = {"model": model, **({"ema": ema.module} if ema is not None else {})}
+    results = evaluate(models, loader, device, amp_dtype, world_size)
+    record = {"val_top1": results["model"]["top1"], "val_top5": results["model"]["top5"],
+              "val_n": results["model"]["n"]}
+    if ema is not None:
+        record.update(ema_val_top1=results["ema"]["top1"], ema_val_top5=results["ema"]["top5"])
+    return record
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, device: str = "auto", batch_size: int = 256,
+                        workers: int | None = None, ema: bool = False, labels_file: str | None = None,
+                        image_key: str | None = None, label_key: str = "cls") -> dict[str, Any]:
+    """Top-1/top-5 (percent) and image count of a checkpoint's student on a source (dfgen dataset, ImageFolder,
+    .tar shards, or a flat directory with `labels_file`), with the student's own evaluation transform; inference
+    averages the two heads."""
+    ckpt = load_checkpoint(checkpoint)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DistillError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    model = model_from_checkpoint(ckpt, ema=ema).to(dev)
+    info = open_dataset(data, num_classes=model.num_classes, image_key=image_key, label_key=label_key,
+                        labels_file=labels_file)
+    if info.num_classes not in (None, model.num_classes):
+        raise DistillError(f"{data} has {info.num_classes} classes, the checkpoint's student {model.num_classes}")
+    in_chans = model.patch_embed.proj.in_channels
+    if info.kind == "shards" and info.in_chans not in (None, in_chans):
+        raise DistillError(f"{data} holds {info.in_chans}-channel images, the checkpoint's student takes {in_chans}")
+    workers = workers if workers is not None else (8 if dev.type == "cuda" else 0)
+    loader = eval_loader(info, eval_transform(resolve_data_config({}, model=model)), in_chans, model.num_classes,
+                         batch_size, workers)
+    amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    return evaluate({"model": model}, loader, dev, amp_dtype)["model"]
