@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in teachers:
             jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_job,
                         out / f"syn_{key}", teacher[key], args.n, None, iterations)
+        for key in teachers:  # the variants after every teacher's default set: the matrix comes first
             for variant in variants.get(key, []):
                 jobs.submit(f"synthesize_{variant}_{key}", cached, results / f"synthesize_{variant}_{key}.json",
                             synthesize_job, out / f"{variant}_{key}", teacher[key], args.n, VARIANTS[variant],
@@ -202,10 +203,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         data["test"], kd_epochs)
             jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}.json", kd_job, teacher[key],
                         data["train"], data["test"], kd_epochs, steps)
-            for variant in variants.get(key, []):
-                other = jobs.result(f"synthesize_{variant}_{key}")["path"]
-                jobs.submit(f"kd_{variant}_{key}", cached, results / f"kd_{variant}_{key}.json", kd_job,
-                            teacher[key], other, data["test"], kd_epochs)
             if not args.no_dearkd:
                 for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
@@ -215,6 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jobs.submit(f"dearkd_stored_{key}", cached, results / f"dearkd_stored_{key}.json", distill_job,
                                 out / f"run_dearkd_stored_{key}", TEACHERS[key]["data"], path, data["test"], path,
                                 None, args.toy, "stored")
+        for key in teachers:
+            for variant in variants.get(key, []):
+                other = jobs.result(f"synthesize_{variant}_{key}")["path"]
+                jobs.submit(f"kd_{variant}_{key}", cached, results / f"kd_{variant}_{key}.json", kd_job,
+                            teacher[key], other, real[TEACHERS[key]["data"]]["test"], kd_epochs)
         matrix: dict[str, Any] = {}
         for key in teachers:
             syn = jobs.result(f"synthesize_{key}")
