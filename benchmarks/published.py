@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             epochs = settings["kd_epochs"] if key != "real_kd" else max(1, round(settings["kd_epochs"] * n / 60000))
             jobs.submit(f"lenet5_half_{key}", cached, results / f"lenet5_half_{key}.json", kd_job, teacher,
                         train[key], real["test"], epochs, steps)
-        for key in DATA_KEYS:
+        student_names = ("lenet5_half",) if args.no_dearkd else ("lenet5_half", "dearkd_micro")
+        for key in DATA_KEYS if "dearkd_micro" in student_names else ():
             steps_like = n if key in ("real_1pct", "real_kd") else None
             jobs.submit(f"dearkd_micro_{key}", cached, results / f"dearkd_micro_{key}.json", distill_job,
                         out / f"run_dearkd_{key}", train[key], real["test"], synthetic["boundary"]["path"],
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             curve = {f"{args.curve_n} images x {3 * iters} iterations":
                      jobs.result(f"curve_kd_n{args.curve_n}_{iters}")["acc"] for iters in args.curve_iterations}
         students = {student: {key: jobs.result(f"{student}_{key}")["acc"] for key in DATA_KEYS}
-                    for student in ("lenet5_half", "dearkd_micro")}
+                    for student in student_names}
         report = jobs.result("report")
         seconds = {name: jobs.result(name)["seconds"] for name in jobs.futures}
     finally:
@@ -268,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--curve-n", type=int, default=2000, help="images per point of the curve [2000]")
     parser.add_argument("--curve-iterations", type=int, nargs="+", default=CURVE,
                         help=f"iterations per stage of the curve's points [{' '.join(map(str, CURVE))}]")
+    parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro student (the slow one)")
     parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
     parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
     return parser.parse_args(argv)
