@@ -119,7 +119,7 @@ def timing(args: argparse.Namespace, work: Path) -> dict:
     import torchvision
 
     from dfgen.realdata import write_image_dataset
-    from dfgen.report_metrics import backbone_file
+    from dfgen.report.metrics import backbone_file
     from dfgen.teachers import load_teacher
 
     os.environ["TORCH_HOME"] = str(work / "torch_home")

@@ -232,7 +232,7 @@ def index(out: str) -> None:
     click.echo(rebuild_index(Path(out)))
 
 
-from dfgen.report_cli import report  # noqa: E402  (defined beside its implementation)
+from dfgen.report.cli import report  # noqa: E402  (defined beside its implementation)
 
 cli.add_command(report)
 

@@ -23,9 +23,9 @@ import dfgen
 from dfgen.cli import cli
 from dfgen.errors import DfgenError
 from dfgen.report import make_report
-from dfgen.report_cli import report as report_command
-from dfgen.report_data import Reservoir, open_dataset, scan_shards
-from dfgen.report_metrics import aggregate, backbone_file, mean_pairwise_distance, sample_pairs
+from dfgen.report.cli import report as report_command
+from dfgen.report.data import Reservoir, open_dataset, scan_shards
+from dfgen.report.metrics import aggregate, backbone_file, mean_pairwise_distance, sample_pairs
 from dfgen.shards import sha256_file
 from dfgen.teachers import load_teacher
 

@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
 from dfgen.errors import DfgenError
-from dfgen.report_data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
-from dfgen.report_html import grid_image, grouped_bars, histogram, write_html
-from dfgen.report_metrics import (
+from dfgen.report.data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
+from dfgen.report.html import grid_image, grouped_bars, histogram, write_html
+from dfgen.report.metrics import (
     LPIPS_NETS,
     TeacherRunner,
     aggregate,
