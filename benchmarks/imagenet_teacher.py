@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=32, help="images [32: one batch of 16 classes x 2]")
     parser.add_argument("--iterations", type=int, default=40, help="iterations per stage of 112:K,224:K [40]")
     parser.add_argument("--out", type=Path, default=Path("bench_out/imagenet_teacher"))
-    parser.add_argument("--grid", type=Path, default=None, help="also write a picture grid PNG here")
+    parser.add_argument("--grid", type=Path, default=None, help="also write a picture grid here (.png, .jpg)")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
