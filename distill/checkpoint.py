@@ -8,16 +8,14 @@ Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_
 from __future__ import annotations
 
 import json
-import os
 import random
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from dfgen.shards import TMP_MARK
+from dfgen.atomic import TMP_MARK, write_atomic  # one writer for both tools: host/rank/PID/random temporaries
 from distill.config import TrainConfig
 from distill.distributed import DistEnv
 from distill.errors import DistillError
@@ -27,36 +25,6 @@ from distill.student import create_student
 CHECKPOINT_FORMAT = "distill-checkpoint-v1"
 # what best.pt keeps of last.pt: enough to evaluate or fine-tune the student, not to resume the run
 BEST_KEYS = ("format", "config", "model_args", "pairs", "model", "ema", "epoch", "stage", "best_top1")
-
-
-# ------------------------------------------------------------------------------------------------ atomic files
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a platform or file system without directory handles: nothing more can be done
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """`write(handle)` to a temporary name beside `path` (dfgen's shard temporaries' mark), fsync the file, rename it
-    over `path`, fsync the directory (so the rename itself survives a power loss)."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:

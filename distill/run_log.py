@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.checkpoint import write_atomic
+from dfgen.atomic import write_atomic
 from distill.config import TrainConfig
 from distill.sources import DatasetInfo
 from distill.teacher_features import Pair
