@@ -44,11 +44,11 @@ from benchmarks.gpu_common import (  # noqa: E402
     sync,
     target_device,
 )
-from distill.checkpoint import create_student, student_names  # noqa: E402
 from distill.config import TrainConfig, build_config  # noqa: E402
 from distill.engine import EpochContext, StudentForward, train_one_epoch  # noqa: E402
 from distill.losses import PairedMixup, label_criterion  # noqa: E402
 from distill.models import DearKD  # noqa: E402
+from distill.student import create_student, student_names  # noqa: E402
 from distill.teacher_features import TeacherFeatures, resolve_pairs, teacher_stages  # noqa: E402
 from distill.train import Trainable, make_aligners  # noqa: E402
 
