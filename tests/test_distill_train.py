@@ -111,6 +111,7 @@ def test_checkpoint_writes_fsync_the_file_and_its_directory(tmp_path, monkeypatc
     import os
     import stat
 
+    from dfgen import atomic
     from distill import checkpoint
 
     synced = []
@@ -120,7 +121,7 @@ def test_checkpoint_writes_fsync_the_file_and_its_directory(tmp_path, monkeypatc
         synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)  # checkpoints go through dfgen's one atomic writer
     checkpoint.save_checkpoint({"format": checkpoint.CHECKPOINT_FORMAT, "x": torch.arange(3)}, tmp_path / "last.pt")
     assert synced == ["file", "dir"]
     assert torch.equal(checkpoint.load_checkpoint(tmp_path / "last.pt")["x"], torch.arange(3))
