@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks import published
 from dfgen import real_sources
@@ -27,6 +28,15 @@ def available_dataset() -> str | None:
 
 
 DATASET = available_dataset()
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """The benchmark's inline job pool sets torch's thread count for the process; give the next tests theirs back
+    (a different count changes CPU summation order, and the determinism tests compare bytes)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(DATASET is None, reason="no real MNIST / Fashion-MNIST source here (`apt-get install "
