@@ -29,7 +29,6 @@ teacher) is loaded: a damaged shard is reported as such even where a network cou
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 import sys
@@ -57,7 +56,8 @@ from dfgen.report.metrics import (
     sample_pairs,
     to_float,
 )
-from dfgen.teachers import Teacher, load_recorded_teacher, load_teacher
+from dfgen.report.teachers import TeacherCache, data_config, resolve_teacher
+from dfgen.teachers import Teacher
 
 GRID_IMAGES = 16  # images shown per class on the page
 GRID_CLASSES = 48  # classes shown on the page (evenly spaced when there are more)
@@ -86,72 +86,6 @@ def grid_class_indices(num_classes: int, limit: int = GRID_CLASSES) -> list[int]
     if num_classes <= limit:
         return list(range(num_classes))
     return sorted({int(round(v)) for v in np.linspace(0, num_classes - 1, limit)})
-
-
-class _TeacherCache:
-    """Loads each (teacher source, weights) once for all datasets of a report."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.loaded: dict[tuple[str, str | None], Teacher] = {}
-
-    def get(self, source: str, weights: str | Path | None) -> Teacher:
-        key = (source, None if weights is None else str(weights))
-        if key not in self.loaded:
-            self.loaded[key] = load_teacher(source, weights, device=self.device)
-        return self.loaded[key]
-
-    def recorded(self, entry: dict[str, Any], weights: str | Path | None) -> Teacher:
-        """The teacher a dataset.json entry describes, rebuilt from its spec (factory, options, weights file)."""
-        key = (json.dumps(entry.get("spec") or entry.get("source"), sort_keys=True),
-               None if weights is None else str(weights))
-        if key not in self.loaded:
-            self.loaded[key] = load_recorded_teacher(entry, weights, device=self.device)
-        return self.loaded[key]
-
-
-def _resolve_teacher(
-    info: DatasetInfo,
-    teacher: str | Teacher | None,
-    teacher_weights: str | Path | None,
-    cache: _TeacherCache,
-) -> tuple[Teacher | None, dict[str, Any], list[str]]:
-    """The teacher to re-run on a dataset, its description for report.json, and warnings."""
-    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else None
-    warnings: list[str] = []
-    if isinstance(teacher, Teacher):
-        model = teacher
-    elif teacher is not None:
-        model = cache.get(teacher, teacher_weights)
-    elif recorded and recorded.get("source"):
-        model = cache.recorded(recorded, teacher_weights)
-    else:
-        return None, {"source": None, "note": "no teacher in dataset.json (real data); pass --teacher NAME"}, []
-    if model.num_classes < info.num_classes:
-        raise DfgenError(
-            f"teacher {model.name} has {model.num_classes} classes but {info.path} has {info.num_classes}; "
-            "pass the teacher the dataset was made for with --teacher"
-        )
-    expected = (recorded or {}).get("weights_sha256")
-    match = None if expected is None else expected == model.weights_sha256
-    if match is False:
-        warnings.append(
-            f"the teacher's weights (sha256 {model.weights_sha256[:12]}...) are not those the dataset was made with "
-            f"({str(expected)[:12]}...); agreement and features are measured with other weights. Pass "
-            "--teacher-weights FILE with the original weights"
-        )
-    description = {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256,
-                   "recorded_weights_sha256": expected, "weights_match": match}
-    return model, description, warnings
-
-
-def _data_config(info: DatasetInfo, teacher: Teacher) -> tuple[list[float], list[float]]:
-    """Normalization as dataset.json's teacher data config says (the teacher's own when absent)."""
-    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else {}
-    config = (recorded or {}).get("data_config") or {}
-    if recorded and recorded.get("source") == teacher.source and config.get("mean") and config.get("std"):
-        return [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
-    return list(teacher.mean), list(teacher.std)
 
 
 def _json_safe(value: Any) -> Any:
@@ -198,7 +132,7 @@ def _measure_dataset(
     runner = judge_runner = None
     judged_ok, judge_features = 0, {}
     if teacher is not None:
-        mean, std = _data_config(info, teacher)
+        mean, std = data_config(info, teacher)
         runner = TeacherRunner(teacher, mean, std, device)
     if judge is not None:  # a network synthesis never used: its own normalization
         judge_runner = TeacherRunner(judge, judge.mean, judge.std, device)
@@ -362,14 +296,14 @@ def make_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lpips_model = load_lpips(lpips_net, torch_device) if lpips_net else None
-    cache = _TeacherCache(torch_device)
+    cache = TeacherCache(torch_device)
 
     entries: list[dict[str, Any]] = []
     all_grids: dict[str, dict[str, Path]] = {}
     probs_by_name: dict[str, list[float]] = {}
     for info, name, scan in zip(infos, names, scans, strict=True):
         started = time.perf_counter() - scan.seconds
-        model, teacher_entry, warnings = _resolve_teacher(info, teacher, teacher_weights, cache)
+        model, teacher_entry, warnings = resolve_teacher(info, teacher, teacher_weights, cache)
         for warning in warnings:
             _log(f"warning: {name}: {warning}", False)
         recorded_counts = info.meta.get("class_counts")
