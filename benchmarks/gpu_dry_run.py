@@ -32,16 +32,18 @@ SMOKE = {"teacher": "digits", "n": 8, "schedule": "16:5,32:5", "classes_per_batc
 
 
 def parse_estimate(text: str) -> dict[str, Any]:
-    """From the dry run's text: the busiest rank's estimated seconds (as printed, rounded to its unit), the
-    images/s per process, and the images of rank 0."""
+    """From the dry run's text: the busiest rank's estimated seconds (as printed; from its images and rate when the
+    printed figure rounds to "~0 s"), the images/s per process, and the images of rank 0."""
     time_line = re.search(r"^time\s+~([\d.]+)\s*(s|min|h|days)\b", text, re.MULTILINE)
     rate = re.search(r"([\d.]+(?:e[+-]?\d+)?) images/s per process", text)
     rank0 = re.search(r"^rank 0\s+[\d,]+ shard\(s\), ([\d,]+) images", text, re.MULTILINE)
     if time_line is None or rate is None:
         raise ValueError(f"no time estimate in the dry run's text:\n{text}")
-    return {"estimated_s": float(time_line.group(1)) * UNITS[time_line.group(2)],
-            "estimated_images_per_s": float(rate.group(1)),
-            "rank0_images": int(rank0.group(1).replace(",", "")) if rank0 else None}
+    images = int(rank0.group(1).replace(",", "")) if rank0 else None
+    estimated = float(time_line.group(1)) * UNITS[time_line.group(2)]
+    if estimated == 0 and images and float(rate.group(1)) > 0:  # "~0 s" is rounded away: the rate is exact
+        estimated = images / float(rate.group(1))
+    return {"estimated_s": estimated, "estimated_images_per_s": float(rate.group(1)), "rank0_images": images}
 
 
 def check(options: dict[str, Any], random_init: bool = True, result: dict[str, Any] | None = None) -> dict[str, Any]:
