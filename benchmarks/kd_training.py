@@ -6,7 +6,10 @@ same augmented batch as the student; loss = T^2 * KL(softmax(teacher / T) || sof
 CE(student, label) (label: the synthesis target, or the real label); AdamW (lr 5e-3, weight decay 1e-4) at batch
 128 under torch's one-cycle schedule (15% warm-up, cosine); random shifts of up to 2 px with black fill, no flips;
 both networks take the teacher's normalization (its mean/std from the dataset.json teacher entry, or given).
-Seeded: the student's initial weights, the order and the shifts all come from `seed`.
+`cutmix=True` pastes a random box of another image of the batch into each image (the box's area uniform in [0, 1])
+before both networks see it: with the teacher online the pasted image is a new input with its own soft target, so a
+small synthetic set covers more of the input space (on 1,000 MNIST images: 91.6% -> 94.4% at 700 steps, 96.7% at
+2,100). Seeded: the student's initial weights, the order, the shifts and the boxes all come from `seed`.
 
 Training images come from a dfgen dataset directory (synthetic shards or `dfgen export-real`; all decoded into one
 tensor: 24k images of 28x28 take 19 MB) or from tensors; `real_subset` gives the real-data reference rows (the
@@ -71,6 +74,22 @@ def real_subset(images: torch.Tensor, labels: torch.Tensor, fraction: float = 1.
     return images[keep], labels[keep]
 
 
+def cutmix_batch(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of a (N, C, H, W) batch with a box from another image of the batch pasted in: box area a share
+    u ~ U(0, 1) of the image (sides sqrt(u) times the image's), centre uniform, clipped at the border."""
+    n, _, h, w = pixels.shape
+    partner = torch.randperm(n, generator=generator)
+    side = torch.rand(n, generator=generator).sqrt()
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    half_h, half_w = (side * h / 2).long(), (side * w / 2).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_rows = (rows[None] >= cy[:, None] - half_h[:, None]) & (rows[None] < cy[:, None] + half_h[:, None])
+    inside_cols = (cols[None] >= cx[:, None] - half_w[:, None]) & (cols[None] < cx[:, None] + half_w[:, None])
+    box = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]  # (N, 1, H, W)
+    return torch.where(box, pixels[partner], pixels)
+
+
 def epochs_for_steps(n_images: int, steps: int, batch_size: int = 128) -> int:
     """Epochs that give at least `steps` optimizer steps on `n_images` (a 1% subset's equal-budget row)."""
     per_epoch = max(1, n_images // batch_size)
@@ -93,13 +112,16 @@ def kd_train(
     weight_decay: float = 1e-4,
     batch_size: int = 128,
     max_shift: int = 2,
+    cutmix: bool = False,
+    steps: int | None = None,
     student_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> float:
     """Distill `student_factory` from `teacher_model` on `train_source` for `epochs` epochs; returns the student's
     top-1 (a fraction) on `test_source`. mean/std default to the train_source's dataset.json teacher entry.
     The recipe is in the module docstring. An epoch is one pass over the training images (a 1% subset needs
-    proportionally more epochs for the same number of steps)."""
+    proportionally more epochs for the same number of steps); `steps` instead stops after that many optimizer
+    steps (the last epoch cut short), so rows on sets of different sizes get the same budget."""
     if mean is None or std is None:
         recorded = teacher_normalization(train_source) if isinstance(train_source, (str, Path)) else None
         if recorded is None:
@@ -115,13 +137,16 @@ def kd_train(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, len(labels) // batch_size)  # as batches() makes them
-    schedule = one_cycle(optimizer, lr, epochs * steps_per_epoch)
+    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    schedule = one_cycle(optimizer, lr, total_steps)
     t2 = temperature * temperature
     try:
         for epoch in range(epochs):
             start, total = time.perf_counter(), 0.0
-            for index in batches(len(labels), batch_size, generator):
-                inputs = normalize(random_shift(images[index].float() / 255, max_shift, generator), mean, std)
+            for index in batches(len(labels), batch_size, generator)[:total_steps - epoch * steps_per_epoch]:
+                pixels = random_shift(images[index].float() / 255, max_shift, generator)
+                inputs = normalize(cutmix_batch(pixels, generator) if cutmix else pixels, mean, std)
                 with torch.no_grad():
                     soft = F.log_softmax(teacher_model(inputs) / temperature, dim=1)
                 logits = student(inputs)

@@ -13,9 +13,9 @@ recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's
     vgg_bn_mnist     a VGG-style net with BatchNorm and a flatten-and-Linear head on MNIST (fixed size)
 
 Each teacher's N synthetic images teach two students of other families, tested on the real held-out split:
-`small_cnn` (no BatchNorm) by plain KD with the teacher online (benchmarks/kd_training.py) and DearKD micro through
-`distill run` (the digits / MNIST presets sized for ~1,000 images). The reference row is the same student, the same
-teacher and the same number of steps on the real train split. The target: every data-free cell >= 85% of its
+`small_cnn` (no BatchNorm) by plain KD with the teacher online and cutmix (benchmarks/kd_training.py, KD_STEPS
+steps) and DearKD micro through `distill run` (the digits / MNIST presets sized for ~1,000 images). The reference
+row is the same student, the same teacher and the same number of steps on the real train split. The target: every data-free cell >= 85% of its
 reference. `--variants` adds small_cnn cells for other synthesis settings on the `--variant-teachers`: `before`, the
 previous defaults (the paper's loss form, flips on, fixed reach 0.3 / margin 0.5; the old two-stage schedule cannot
 run on the fixed-size teachers, so the new one is kept); `upsample` / `native`, the multi-resolution mode forced;
@@ -44,7 +44,7 @@ from benchmarks.published import cached, same_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ROOT / "benchmarks" / "small_nets.py"
-KD_EPOCHS = 100  # small_cnn by KD on ~1,000 images: 700 steps at batch 128
+KD_STEPS = 3000  # small_cnn by KD with cutmix (batch 128), the same budget for the synthetic and the real row
 TARGET = 0.85
 TEACHERS: dict[str, dict[str, Any]] = {
     "digits_cnn": {"data": "digits", "factory": None},
@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the u
     "crops": {"crop_min_scale": 0.25},
     "plain": {"no_diversity": True},
 }
-TOY = {"n": 20, "schedule": "2", "kd_epochs": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
+TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
 
 
@@ -140,16 +140,14 @@ def synthesize_job(out: Path, teacher: dict[str, Any], n: int, settings: dict[st
             "derived": description.get("derived"), "seconds": round(time.perf_counter() - start)}
 
 
-def kd_job(teacher: dict[str, Any], train: str, test: str, epochs: int, steps: int | None = None) -> dict[str, Any]:
-    """small_cnn by plain KD, the teacher online; with `steps`, as many epochs as give that many steps."""
-    from benchmarks.kd_training import epochs_for_steps, kd_train, read_source
+def kd_job(teacher: dict[str, Any], train: str, test: str, steps: int) -> dict[str, Any]:
+    """small_cnn by plain KD with the teacher online, `steps` optimizer steps with cutmix (kd_training.py)."""
+    from benchmarks.kd_training import kd_train
 
     start = time.perf_counter()
-    if steps is not None:
-        epochs = epochs_for_steps(len(read_source(train)[1]), steps)
-    acc = kd_train(f"{NETS}:small_cnn", load_model(teacher), train, test, epochs, mean=tuple(teacher["mean"]),
-                   std=tuple(teacher["std"]))
-    return {"acc": round(acc, 4), "epochs": epochs, "seconds": round(time.perf_counter() - start)}
+    acc = kd_train(f"{NETS}:small_cnn", load_model(teacher), train, test, 1, steps=steps, cutmix=True,
+                   mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
+    return {"acc": round(acc, 4), "steps": steps, "recipe": "kd-cutmix", "seconds": round(time.perf_counter() - start)}
 
 
 def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
@@ -174,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     begin = time.perf_counter()
     if args.toy:
         args.n = TOY["n"]
-    kd_epochs = TOY["kd_epochs"] if args.toy else KD_EPOCHS
+    kd_steps = TOY["kd_steps"] if args.toy else KD_STEPS
+    kd = f"cutmix{kd_steps}"  # the KD recipe in the cached files' names: a new recipe is a new file
     iterations = TOY["schedule"] if args.toy else None
     out = args.out / (f"toy{args.n}" if args.toy else f"n{args.n}")
     results = out / "results"
@@ -196,13 +195,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 jobs.submit(f"synthesize_{variant}_{key}", cached, results / f"synthesize_{variant}_{key}.json",
                             synthesize_job, out / f"{variant}_{key}", teacher[key], args.n, VARIANTS[variant],
                             iterations)
-        steps = kd_epochs * max(1, args.n // 128)
         for key in teachers:
             data, path = real[TEACHERS[key]["data"]], jobs.result(f"synthesize_{key}")["path"]
-            jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{key}.json", kd_job, teacher[key], path,
-                        data["test"], kd_epochs)
-            jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}.json", kd_job, teacher[key],
-                        data["train"], data["test"], kd_epochs, steps)
+            jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{key}-{kd}.json", kd_job, teacher[key], path,
+                        data["test"], kd_steps)
+            jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}-{kd}.json", kd_job, teacher[key],
+                        data["train"], data["test"], kd_steps)
             if not args.no_dearkd:
                 for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
@@ -215,8 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in teachers:
             for variant in variants.get(key, []):
                 other = jobs.result(f"synthesize_{variant}_{key}")["path"]
-                jobs.submit(f"kd_{variant}_{key}", cached, results / f"kd_{variant}_{key}.json", kd_job,
-                            teacher[key], other, real[TEACHERS[key]["data"]]["test"], kd_epochs)
+                jobs.submit(f"kd_{variant}_{key}", cached, results / f"kd_{variant}_{key}-{kd}.json", kd_job,
+                            teacher[key], other, real[TEACHERS[key]["data"]]["test"], kd_steps)
         matrix: dict[str, Any] = {}
         for key in teachers:
             syn = jobs.result(f"synthesize_{key}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import small_nets
-from benchmarks.kd_training import epochs_for_steps, kd_train, real_subset
+from benchmarks.kd_training import cutmix_batch, epochs_for_steps, kd_train, real_subset
 from benchmarks.real_training import (
     RealData,
     full_kwargs,
@@ -138,6 +138,44 @@ def test_kd_train_distills_from_tensors_and_a_dataset_directory(toy, toy_teacher
     with pytest.raises(ValueError, match="give mean and std"):
         kd_train("lenet5_half", teacher, plain, test, 1)
     assert json.loads((plain / "dataset.json").read_text())["kind"] == "real"
+
+
+def test_cutmix_pastes_one_box_of_another_image_of_the_batch():
+    n = 64
+    pixels = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, 28, 28).contiguous()
+    mixed = cutmix_batch(pixels, torch.Generator().manual_seed(5))
+    assert torch.equal(mixed, cutmix_batch(pixels, torch.Generator().manual_seed(5)))  # seeded
+    shares = []
+    for i in range(n):
+        pasted = mixed[i, 0] != i
+        assert len(mixed[i, 0][pasted].unique()) <= 1  # what is not its own comes from one partner
+        if pasted.any():  # one axis-aligned box: its bounding box is all pasted, from one partner
+            rows, cols = pasted.nonzero(as_tuple=True)
+            assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        shares.append(pasted.float().mean().item())
+    assert 0.1 < sum(shares) / n < 0.6  # area ~ U(0, 1) clipped at the border: about a third on average
+    assert max(shares) > 0.5 and min(shares) < 0.05
+
+
+def test_kd_train_steps_budget_and_cutmix(toy, toy_teacher):
+    teacher = load_trained(toy_teacher[0])
+    record = teacher_record(toy_teacher[0])
+    test = (toy.test_images, toy.test_labels)
+    train = (toy.train_images, toy.train_labels)
+    per_epoch = len(toy.train_labels) // 32
+    lines: list[str] = []
+    acc = kd_train("lenet5_half", teacher, train, test, 1, seed=3, mean=record["mean"], std=record["std"],
+                   batch_size=32, steps=per_epoch + 2, cutmix=True, student_kwargs={"num_classes": 4},
+                   log=lines.append)
+    assert len(lines) == 2  # one full epoch, then the two steps left
+    assert acc >= 0.5
+    with_mix: list[str] = []
+    kd_train("lenet5_half", teacher, train, test, 1, seed=3, mean=record["mean"], std=record["std"],
+             batch_size=32, steps=2, cutmix=True, student_kwargs={"num_classes": 4}, log=with_mix.append)
+    without: list[str] = []
+    kd_train("lenet5_half", teacher, train, test, 1, seed=3, mean=record["mean"], std=record["std"],
+             batch_size=32, steps=2, student_kwargs={"num_classes": 4}, log=without.append)
+    assert with_mix[0].split(",")[0] != without[0].split(",")[0]  # the pasted boxes change what both nets see
 
 
 def test_real_subset_and_epochs_for_steps():
