@@ -17,9 +17,10 @@ Each teacher's N synthetic images teach two students of other families, tested o
 steps) and DearKD micro through `distill run` (the digits / MNIST presets sized for ~1,000 images). The reference
 row is the same student, the same teacher and the same number of steps on the real train split. The target: every
 data-free cell >= 85% of its reference. `--variants` adds small_cnn cells for other synthesis settings on the
-`--variant-teachers`: `before`, the previous defaults (the paper's loss form, flips on, fixed reach 0.3 / margin 0.5; the old two-stage schedule cannot
-run on the fixed-size teachers, so the new one is kept); `upsample` / `native`, the multi-resolution mode forced;
-`crops`, in-loop random-resized crops (`--crop-min-scale 0.25`); `plain`, DeepInversion without the diversity terms.
+`--variant-teachers`: `before`, the previous defaults (the paper's loss form, flips on, fixed reach 0.3 / margin
+0.5; the old two-stage schedule cannot run on the fixed-size teachers, so the new one is kept); `upsample` /
+`native`, the multi-resolution mode forced; `crops`, in-loop random-resized crops (`--crop-min-scale 0.25`);
+`plain`, DeepInversion without the diversity terms.
 
 Every phase is cached under --out (an interrupted run continues). Prints one JSON line last with the wall time of
 each phase.
