@@ -45,7 +45,7 @@ from benchmarks.published import cached, same_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ROOT / "benchmarks" / "small_nets.py"
-KD_STEPS = 3000  # small_cnn by KD with cutmix (batch 128), the same budget for the synthetic and the real row
+KD_STEPS = 1000  # small_cnn by KD with cutmix (batch 128), the same budget for the synthetic and the real row
 TARGET = 0.85
 TEACHERS: dict[str, dict[str, Any]] = {
     "digits_cnn": {"data": "digits", "factory": None},
