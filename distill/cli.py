@@ -54,6 +54,8 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes per rank [0 on CPU, <=8 on GPU].")
 @click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights [off].")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), help="EMA decay per step [0.99996].")
+@click.option("--ema-warmup/--no-ema-warmup", default=None,
+              help="Ramp the EMA decay up from 0 as 1-(1+step)^-2/3, capped at --ema-decay (short runs) [off].")
 @click.option("--eval-every", type=click.IntRange(min=1), help="Epochs between validations; the last always [1].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[auto: bf16 on CUDA]")

@@ -66,6 +66,9 @@ class TrainConfig:
     clip_grad: float | None = None
     ema: bool = False
     ema_decay: float = 0.99996
+    # decay min(ema_decay, 1 - (1 + step)^-2/3) (timm's EMA warm-up): a run of a few hundred steps otherwise ends
+    # with an EMA still mostly its random initialisation (the small presets turn it on)
+    ema_warmup: bool = False
     # augmentation (DeiT)
     aa: str | None = "rand-m9-mstd0.5-inc1"
     aa_fill: int | None = None  # pixel value RandAugment fills with; None: timm's (the normalization mean)

@@ -68,5 +68,5 @@ def build_optimization(cfg: TrainConfig, trainable: Trainable, steps_per_epoch: 
                                        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
     device_type = next(trainable.parameters()).device.type
     scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-    ema = ModelEmaV3(trainable.model, decay=cfg.ema_decay) if cfg.ema else None
+    ema = ModelEmaV3(trainable.model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
     return Optimization(optimizer, scheduler, scaler, ema, lr)

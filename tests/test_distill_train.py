@@ -288,3 +288,28 @@ def test_a_teacher_wrapped_in_one_sequential_gives_its_last_module_at_each_size(
         (0, "net.2", 4, (28, 28)), (1, "net.5", 8, (14, 14)), (2, "net.6", 8, (7, 7))]
     with pytest.raises(DistillError, match="any intermediate feature map"):
         teacher_stages(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28))
+
+
+def test_ema_warmup_ramps_the_decay_so_a_short_run_moves_the_ema():
+    import timm
+
+    from distill.config import TrainConfig
+    from distill.optim import Trainable, build_optimization
+
+    def ema_after(warmup: bool, steps: int) -> float:
+        torch.manual_seed(0)
+        model = timm.create_model("dearkd_micro_patch4_32", num_classes=2)
+        start = model.head.weight.detach().clone()
+        cfg = TrainConfig(ema=True, ema_decay=0.998, ema_warmup=warmup, epochs=1, stage1_epochs=1, warmup_epochs=0)
+        ema = build_optimization(cfg, Trainable(model, torch.nn.ModuleDict()), steps, None).ema
+        ema.update(model, step=1)  # the first update copies the weights (decay 0)
+        with torch.no_grad():
+            model.head.weight.add_(1.0)  # then the trained weights sit 1.0 away from the initialisation
+        for step in range(2, steps + 1):
+            ema.update(model, step=step)
+        return float((ema.module.head.weight - start).mean())
+
+    # 1 - step^-2/3 capped at 0.998: the EMA follows the weights within a hundred steps
+    assert ema_after(True, 100) > 0.99
+    # without the warm-up the decay is 0.998 from step 2 on: after 99 more steps the EMA has moved 1 - 0.998^99
+    assert ema_after(False, 100) == pytest.approx(1 - 0.998 ** 99, abs=1e-3)
