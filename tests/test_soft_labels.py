@@ -54,7 +54,7 @@ def soft_set(tmp_path_factory):
 def config(out, shards, **overrides):
     settings = dict(shards=[str(s) for s in shards], out=str(out), epochs=1, stage1_epochs=1, batch_size=16,
                     warmup_epochs=1, device="cpu", workers=0, quiet=True, attn_images=0, shuffle_buffer=32,
-                    soft_labels="stored")
+                    soft_labels="stored", cutmix=0.0)  # unmixed targets unless a test asks for mixing
     settings.update(overrides)
     return build_config(ROOT / "configs" / "distill_digits.yaml", **settings)
 
