@@ -90,12 +90,6 @@ def cutmix_batch(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.where(box, pixels[partner], pixels)
 
 
-def epochs_for_steps(n_images: int, steps: int, batch_size: int = 128) -> int:
-    """Epochs that give at least `steps` optimizer steps on `n_images` (a 1% subset's equal-budget row)."""
-    per_epoch = max(1, n_images // batch_size)
-    return -(-steps // per_epoch)
-
-
 def kd_train(
     student_factory: str | Factory,
     teacher_model: nn.Module,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import small_nets
-from benchmarks.kd_training import cutmix_batch, epochs_for_steps, kd_train, real_subset
+from benchmarks.kd_training import cutmix_batch, kd_train, real_subset
 from benchmarks.real_training import (
     RealData,
     full_kwargs,
@@ -178,13 +178,11 @@ def test_kd_train_steps_budget_and_cutmix(toy, toy_teacher):
     assert with_mix[0].split(",")[0] != without[0].split(",")[0]  # the pasted boxes change what both nets see
 
 
-def test_real_subset_and_epochs_for_steps():
+def test_real_subset_is_stratified_and_whole_at_one():
     images, labels = squares(400, 2)
     sub_images, sub_labels = real_subset(images, labels, 0.1, seed=0)
     assert sub_labels.bincount().tolist() == [10, 10, 10, 10] and len(sub_images) == 40
     assert real_subset(images, labels, 1.0)[0] is images
-    assert epochs_for_steps(600, 1000) == 250 and epochs_for_steps(24000, 1000, 256) == 11
-    assert epochs_for_steps(100, 3) == 3  # fewer images than a batch: one step an epoch
 
 
 def test_recipe_kwargs_include_the_factory_defaults():
