@@ -22,6 +22,7 @@ class Jobs:
     def __init__(self, jobs: int, threads: int) -> None:
         self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_set_threads,
                                          initargs=(threads,)) if jobs > 1 else None)
+        self.caller_threads = torch.get_num_threads()  # inline jobs borrow the process; close() gives it back
         if self.pool is None:
             torch.set_num_threads(threads)
         self.futures: dict[str, Future] = {}
@@ -40,3 +41,4 @@ class Jobs:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        torch.set_num_threads(self.caller_threads)  # a different count changes CPU summation order downstream

