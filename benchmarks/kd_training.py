@@ -9,7 +9,9 @@ both networks take the teacher's normalization (its mean/std from the dataset.js
 `cutmix=True` pastes a random box of another image of the batch into each image (the box's area uniform in [0, 1])
 before both networks see it: with the teacher online the pasted image is a new input with its own soft target, so a
 small synthetic set covers more of the input space (on 1,000 MNIST images: 91.6% -> 94.4% at 700 steps, 96.7% at
-2,100). Seeded: the student's initial weights, the order, the shifts and the boxes all come from `seed`.
+2,100). `affine=True` replaces the integer shifts with random affine warps (rotation up to 15 degrees, zoom 0.9-1.1,
+shear, the same 2 px shift; bilinear): with cutmix at 7,000 steps on those images 98.05% -> 98.26%. Seeded: the
+student's initial weights, the order, the shifts, warps and boxes all come from `seed`.
 
 Training images come from a dfgen dataset directory (synthetic shards or `dfgen export-real`; all decoded into one
 tensor: 24k images of 28x28 take 19 MB) or from tensors; `real_subset` gives the real-data reference rows (the
@@ -18,6 +20,7 @@ whole train split, or a stratified fraction such as 1%)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +93,22 @@ def cutmix_batch(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.where(box, pixels[partner], pixels)
 
 
+def random_affine(pixels: torch.Tensor, generator: torch.Generator, degrees: float = 15.0, scale: float = 0.1,
+                  shear: float = 0.15, max_shift: int = 2) -> torch.Tensor:
+    """Each image of a (N, C, H, W) batch under its own random affine map (bilinear, black fill): rotation in
+    [-degrees, degrees], zoom in [1 - scale, 1 + scale], shear in [-shear, shear] and a shift of up to `max_shift`
+    pixels on each axis. With the teacher online every warped image gets its own soft target."""
+    n, _, h, w = pixels.shape
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    zoom = 1 + (torch.rand(n, generator=generator) * 2 - 1) * scale
+    skew = (torch.rand(n, generator=generator) * 2 - 1) * shear
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2 / torch.tensor([w, h])
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # the grid maps output to input: zoom divides
+    theta = torch.stack([torch.stack([cos, skew - sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, padding_mode="zeros", align_corners=False)
+
+
 def kd_train(
     student_factory: str | Factory,
     teacher_model: nn.Module,
@@ -107,6 +126,7 @@ def kd_train(
     batch_size: int = 128,
     max_shift: int = 2,
     cutmix: bool = False,
+    affine: bool = False,
     steps: int | None = None,
     student_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
@@ -139,7 +159,9 @@ def kd_train(
         for epoch in range(epochs):
             start, total = time.perf_counter(), 0.0
             for index in batches(len(labels), batch_size, generator)[:total_steps - epoch * steps_per_epoch]:
-                pixels = random_shift(images[index].float() / 255, max_shift, generator)
+                pixels = images[index].float() / 255
+                pixels = (random_affine(pixels, generator, max_shift=max_shift) if affine
+                          else random_shift(pixels, max_shift, generator))
                 inputs = normalize(cutmix_batch(pixels, generator) if cutmix else pixels, mean, std)
                 with torch.no_grad():
                     soft = F.log_softmax(teacher_model(inputs) / temperature, dim=1)

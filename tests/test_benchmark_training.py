@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import small_nets
-from benchmarks.kd_training import cutmix_batch, kd_train, real_subset
+from benchmarks.kd_training import cutmix_batch, kd_train, random_affine, real_subset
 from benchmarks.real_training import (
     RealData,
     full_kwargs,
@@ -157,6 +157,26 @@ def test_cutmix_pastes_one_box_of_another_image_of_the_batch():
     assert max(shares) > 0.5 and min(shares) < 0.05
 
 
+def test_random_affine_is_seeded_per_image_and_identity_at_zero():
+    pixels = torch.rand(16, 1, 28, 28)
+    assert torch.allclose(random_affine(pixels, torch.Generator(), degrees=0, scale=0, shear=0, max_shift=0),
+                          pixels, atol=1e-5)
+    warped = random_affine(pixels, torch.Generator().manual_seed(2))
+    assert torch.equal(warped, random_affine(pixels, torch.Generator().manual_seed(2)))
+    assert not torch.allclose(warped, pixels, atol=1e-2)
+    # a centred bright square: rotation, zoom and shear keep its centre; the shift moves it by at most 2 px
+    square = torch.zeros(64, 1, 28, 28)
+    square[:, :, 10:18, 10:18] = 1
+    moved = random_affine(square, torch.Generator().manual_seed(0))
+    grid = torch.arange(28, dtype=torch.float32)
+    mass = moved.sum(dim=(1, 2, 3))
+    centre_y = (moved.sum(dim=(1, 3)) * grid).sum(1) / mass
+    centre_x = (moved.sum(dim=(1, 2)) * grid).sum(1) / mass
+    assert (centre_y - 13.5).abs().max() <= 2.3 and (centre_x - 13.5).abs().max() <= 2.3
+    assert (centre_y - 13.5).abs().max() > 0.5  # the shifts are not all zero
+    assert ((mass / 64) - 1).abs().max() < 0.3  # area changes by the zoom and shear only: (1 +- 0.1)^2
+
+
 def test_kd_train_steps_budget_and_cutmix(toy, toy_teacher):
     teacher = load_trained(toy_teacher[0])
     record = teacher_record(toy_teacher[0])
@@ -176,6 +196,10 @@ def test_kd_train_steps_budget_and_cutmix(toy, toy_teacher):
     kd_train("lenet5_half", teacher, train, test, 1, seed=3, mean=record["mean"], std=record["std"],
              batch_size=32, steps=2, student_kwargs={"num_classes": 4}, log=without.append)
     assert with_mix[0].split(",")[0] != without[0].split(",")[0]  # the pasted boxes change what both nets see
+    warped: list[str] = []
+    kd_train("lenet5_half", teacher, train, test, 1, seed=3, mean=record["mean"], std=record["std"],
+             batch_size=32, steps=2, cutmix=True, affine=True, student_kwargs={"num_classes": 4}, log=warped.append)
+    assert warped[0].split(",")[0] != with_mix[0].split(",")[0]  # the affine warp replaces the integer shift
 
 
 def test_real_subset_is_stratified_and_whole_at_one():
