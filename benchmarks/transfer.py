@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a file: the repository root makes `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jobs import Jobs  # noqa: E402
-from benchmarks.published import cached, same_steps  # noqa: E402
+from benchmarks.published import SMALL_SET_DISTILL, cached, same_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ROOT / "benchmarks" / "small_nets.py"
@@ -55,9 +55,7 @@ TEACHERS: dict[str, dict[str, Any]] = {
 }
 DISTILL = {  # DearKD micro for ~1,000 images: the digits preset's small-batch recipe at the data's own size
     "digits": (ROOT / "configs" / "distill_digits.yaml", {}),
-    "mnist": (ROOT / "configs" / "distill_mnist.yaml",
-              {"epochs": 40, "stage1_epochs": 33, "batch_size": 16, "lr": 7e-4, "ema_decay": 0.998,
-               "warmup_epochs": 2, "eval_every": 40}),
+    "mnist": (ROOT / "configs" / "distill_mnist.yaml", SMALL_SET_DISTILL),
 }
 VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the user's minimum
     "before": {"form": "paper", "flip": True, "ep_reach": 0.3, "margin": 0.5},
