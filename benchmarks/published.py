@@ -54,8 +54,9 @@ SETTINGS = {  # teacher, its training epochs, synthetic images (the papers' 24,0
 # LeNet-5-half's KD budget in optimizer steps (batch 128, cutmix and random affine warps), the same for every row. On
 # the 1,000 boundary images of --standard: 700 steps 91.6% without cutmix / 94.4% with, 2,100 steps 94.3% / 96.7%,
 # 7,000 steps 94.5% / 98.05%, 98.26% with the affine warps on top (docs/design.md).
-# Run sizes: --toy runs the path for tests; --quick is for development (about 15 minutes on 2 cores once the teacher,
-# the judge and the real splits are cached); --standard gives the README's rows; the default is the papers' 24,000.
+# Run sizes: --toy runs the path for tests; --quick is for development (MNIST, teacher, judge and real splits cached:
+# 1,060 s on 2 shared cores, ~9 min with --no-dearkd); --standard gives the README's rows; the default is the
+# papers' 24,000 images.
 TOY = {"n": 20, "kd_steps": 2, "distill_epochs": 1, "teacher_epochs": 1, "limit": 300, "iterations": 2}
 QUICK = {"n": 500, "iterations": 100, "kd_steps": 2500, "distill_epochs": 10}
 STANDARD = {"n": 1000, "kd_steps": 7000, "distill_epochs": 40}
@@ -280,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench_out/published"))
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="development: 500 images of 300 iterations, 2,500 KD steps (~15 min on 2 cores once the "
-                           "teacher and real data are cached)")
+                      help="development: 500 images of 300 iterations, 2,500 KD steps (~18 min on 2 cores once the "
+                           "teacher and real data are cached; ~9 with --no-dearkd)")
     size.add_argument("--standard", action="store_true",
                       help="the README's rows: 1,000 images of the default schedule, 7,000 KD steps")
     size.add_argument("--toy", action="store_true", help="300 real images, 20 synthetic: the path, for tests")
