@@ -190,11 +190,11 @@ def report_job(out: Path, datasets: list[str], judge: dict[str, Any]) -> dict[st
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     begin = time.perf_counter()
-    mode = "toy" if args.toy else "quick" if args.quick else "standard" if args.standard else "full"
+    mode = args.size
     settings = {**SETTINGS[args.dataset], **MODES[mode]}
     n = args.n or settings["n"]
     limit = settings.get("limit")
-    iterations = settings["iterations"] if args.toy else args.iterations or settings.get("iterations")
+    iterations = args.iterations or settings.get("iterations")
     name = mode + (f"-n{n}" if args.n else "") + (f"-it{args.iterations}" if args.iterations else "")
     out = args.out / args.dataset / name
     schedule = f"7:{iterations},14:{iterations},28:{iterations}" if iterations else None
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jobs.submit("report", cached, results / "report.json", report_job, out / "report",
                     [synthetic["boundary"]["path"], synthetic["plain"]["path"]], judge)
         curve = {}
-        if args.curve and not args.toy:
+        if args.curve and mode != "toy":
             for iters in args.curve_iterations:
                 point = f"n{args.curve_n}_{iters}"
                 schedule = f"7:{iters},14:{iters},28:{iters}"
@@ -279,13 +279,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=sorted(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("bench_out/published"))
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
+    size = parser.add_mutually_exclusive_group()  # one value, args.size: a key of MODES
+    parser.set_defaults(size="full")
+    size.add_argument("--quick", dest="size", action="store_const", const="quick",
                       help="development: 500 images of 300 iterations, 2,500 KD steps (~18 min on 2 cores once the "
                            "teacher and real data are cached; ~9 with --no-dearkd)")
-    size.add_argument("--standard", action="store_true",
+    size.add_argument("--standard", dest="size", action="store_const", const="standard",
                       help="the README's rows: 1,000 images of the default schedule, 7,000 KD steps")
-    size.add_argument("--toy", action="store_true", help="300 real images, 20 synthetic: the path, for tests")
+    size.add_argument("--toy", dest="size", action="store_const", const="toy",
+                      help="300 real images, 20 synthetic: the path, for tests")
     parser.add_argument("-n", type=int, default=None,
                         help="synthetic images per setting [24,000; --standard 1,000; --quick 500]")
     parser.add_argument("--iterations", type=int, default=None,
