@@ -4,6 +4,7 @@ equivalences, the report checking data before networks, and an honest --dry-run 
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -281,7 +282,9 @@ def test_dry_run_estimate_is_close_to_a_small_real_run(digits_teacher, tmp_path,
         assume_probe_defaults(run)
         calibration = calibrate(run)
         estimate = estimate_plan(run, calibration)
-        measured = synthesize(config, teacher=digits_teacher).seconds
+        # the faster of two identical runs: one stall of a shared machine inflates a single sample (seen: 1.58x)
+        measured = min(synthesize(config, teacher=digits_teacher).seconds,
+                       synthesize(replace(config, out=str(tmp_path / "o2")), teacher=digits_teacher).seconds)
         extrapolated = calibrate(run, budget_s=0.0)  # as if the real batch were too slow to time
     finally:
         torch.set_num_threads(threads)
