@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("boundary", "plain"):
             synthetic[key] = jobs.result(f"synthesize_{key}")
             train[key] = synthetic[key]["path"]
-        kd_steps = settings["kd_steps"]  # every row the same budget; the file names key the recipes
+        kd_steps = args.kd_steps or settings["kd_steps"]  # every row the same budget; the file names key the recipes
         kd_key, distill_key = f"{KD_RECIPE}{kd_steps}", f"e{settings['distill_epochs']}"
         for key in DATA_KEYS:
             jobs.submit(f"lenet5_half_{key}", cached, results / f"lenet5_half_{key}-{kd_key}.json", kd_job,
@@ -262,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "judge": JUDGE,
         "judge_acc": round(judge["test_acc"], 4),
         "schedule": synthetic["boundary"]["schedule"],
+        "kd_steps": kd_steps,
         "derived": synthetic["boundary"]["derived"],
         "students": {student: {"boundary": row["boundary"], "plain": row["plain"], "real_kd": row["real_kd"],
                                "real_1pct": row["real_1pct"]} for student, row in students.items()},
@@ -293,6 +294,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None,
                         help="iterations per stage of the three-stage schedule [the default schedule: 200; "
                              "--quick 100]")
+    parser.add_argument("--kd-steps", type=int, default=None,
+                        help="LeNet-5-half's optimizer steps on every row [12,000; --standard 7,000; --quick 2,500]; "
+                             "the synthetic sets and the other phases are reused from the cache")
     parser.add_argument("--curve", action="store_true", help="also the student's accuracy against the budget")
     parser.add_argument("--curve-n", type=int, default=2000, help="images per point of the curve [2000]")
     parser.add_argument("--curve-iterations", type=int, nargs="+", default=CURVE,

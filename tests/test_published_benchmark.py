@@ -39,7 +39,7 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
     assert torch.get_num_threads() == threads  # the inline job pool gives the process its threads back
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert result["dataset"] == DATASET and result["n_images"] == published.TOY["n"]
-    assert result["schedule"] == "7:2,14:2,28:2"
+    assert result["schedule"] == "7:2,14:2,28:2" and result["kd_steps"] == published.TOY["kd_steps"]
     assert set(result["students"]) == {"lenet5_half", "dearkd_micro"}
     for row in result["students"].values():
         assert set(row) == {"boundary", "plain", "real_kd", "real_1pct"}
@@ -54,3 +54,9 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
     assert derived["multires"] == "upsample"  # both sets' LeNet-5 teacher takes only its 28 px
     again = published.main(argv)
     assert again["students"] == result["students"] and again["agreement"] == result["agreement"]
+    # --kd-steps re-runs only the LeNet-5-half rows, under their own cache files; synthesis and report are reused
+    more = published.main([*argv, "--kd-steps", "3", "--no-dearkd"])
+    assert more["kd_steps"] == 3 and set(more["students"]) == {"lenet5_half"}
+    assert (tmp_path / DATASET / "toy" / "results" / f"lenet5_half_boundary-{published.KD_RECIPE}3.json").is_file()
+    assert more["agreement"] == result["agreement"] and more["seconds"]["synthesize_boundary"] == result["seconds"][
+        "synthesize_boundary"]
