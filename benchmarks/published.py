@@ -276,6 +276,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def positive(text: str) -> int:
+    """A count of images, iterations or steps: an integer >= 1 (0 would silently mean the mode's default)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=sorted(SETTINGS))
@@ -289,16 +297,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="the README's rows: 1,000 images of the default schedule, 7,000 KD steps")
     size.add_argument("--toy", dest="size", action="store_const", const="toy",
                       help="300 real images, 20 synthetic: the path, for tests")
-    parser.add_argument("-n", type=int, default=None,
+    parser.add_argument("-n", type=positive, default=None,
                         help="synthetic images per setting [24,000; --standard 1,000; --quick 500]")
-    parser.add_argument("--iterations", type=int, default=None,
+    parser.add_argument("--iterations", type=positive, default=None,
                         help="iterations per stage of the three-stage schedule [the default schedule: 200; "
                              "--quick 100]")
-    parser.add_argument("--kd-steps", type=int, default=None,
+    parser.add_argument("--kd-steps", type=positive, default=None,
                         help="LeNet-5-half's optimizer steps on every row [12,000; --standard 7,000; --quick 2,500]; "
                              "the synthetic sets and the other phases are reused from the cache")
     parser.add_argument("--curve", action="store_true", help="also the student's accuracy against the budget")
-    parser.add_argument("--curve-n", type=int, default=2000, help="images per point of the curve [2000]")
+    parser.add_argument("--curve-n", type=positive, default=2000, help="images per point of the curve [2000]")
     parser.add_argument("--curve-iterations", type=int, nargs="+", default=CURVE,
                         help=f"iterations per stage of the curve's points [{' '.join(map(str, CURVE))}]")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro student (the slow one)")

@@ -60,3 +60,9 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
     assert (tmp_path / DATASET / "toy" / "results" / f"lenet5_half_boundary-{published.KD_RECIPE}3.json").is_file()
     assert more["agreement"] == result["agreement"] and more["seconds"]["synthesize_boundary"] == result["seconds"][
         "synthesize_boundary"]
+
+
+def test_counts_below_one_are_refused_not_read_as_the_default():
+    with pytest.raises(SystemExit):
+        published.parse_args(["--dataset", "mnist", "--kd-steps", "0"])
+    assert published.parse_args(["--dataset", "mnist", "--kd-steps", "24000"]).kd_steps == 24000
