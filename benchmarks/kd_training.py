@@ -41,7 +41,7 @@ from benchmarks.real_training import (
     resolve_factory,
 )
 
-Source = str | Path | tuple[torch.Tensor, torch.Tensor]
+Source = str | Path | list[str | Path] | tuple[torch.Tensor, torch.Tensor]  # a list: several sets, concatenated
 
 
 def teacher_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -54,7 +54,11 @@ def teacher_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[fl
 
 
 def read_source(source: Source) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, C, H, W) images and int64 labels from a dataset directory or an (images, labels) pair."""
+    """uint8 (N, C, H, W) images and int64 labels from a dataset directory, a list of them (concatenated: a
+    two-round synthetic set) or an (images, labels) pair."""
+    if isinstance(source, list):
+        parts = [read_source(part) for part in source]
+        return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
     if isinstance(source, (str, Path)):
         from dfgen.realdata import read_image_dataset
 
@@ -130,12 +134,14 @@ def kd_train(
     steps: int | None = None,
     student_kwargs: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    save_to: str | Path | None = None,
 ) -> float:
     """Distill `student_factory` from `teacher_model` on `train_source` for `epochs` epochs; returns the student's
     top-1 (a fraction) on `test_source`. mean/std default to the train_source's dataset.json teacher entry.
     The recipe is in the module docstring. An epoch is one pass over the training images (a 1% subset needs
     proportionally more epochs for the same number of steps); `steps` instead stops after that many optimizer
-    steps (the last epoch cut short), so rows on sets of different sizes get the same budget."""
+    steps (the last epoch cut short), so rows on sets of different sizes get the same budget. `save_to` keeps the
+    trained student's state dict (e.g. as the competitor of a second synthesis round)."""
     if mean is None or std is None:
         recorded = teacher_normalization(train_source) if isinstance(train_source, (str, Path)) else None
         if recorded is None:
@@ -180,4 +186,6 @@ def kd_train(
                     f"{time.perf_counter() - start:.1f} s")
     finally:
         teacher_model.train(teacher_was_training)
+    if save_to is not None:
+        torch.save(student.state_dict(), save_to)
     return evaluate(student, test_images, test_labels, mean, std)

@@ -1,6 +1,7 @@
 """The published data-free benchmarks (SPEC section 6.4): MNIST and Fashion-MNIST, against the papers' figures.
 
-    python benchmarks/published.py --dataset mnist [--quick | --standard] [--kd-steps N] [--out bench_out/published]
+    python benchmarks/published.py --dataset mnist [--quick | --standard] [--kd-steps N] [--adi K]
+        [--out bench_out/published]
     python benchmarks/published.py --dataset fashion-mnist [--quick | --standard]
 
 1. The teacher (LeNet-5 with BatchNorm after each convolution, as the papers' LeNet-5 on both sets)
@@ -16,6 +17,9 @@
 4. `dfgen report` on both synthetic sets: teacher agreement, teacher-feature diversity, and top-1 and diversity in
    an independent embedding (a small CNN trained on the real data, which synthesis never saw).
 5. `--curve`: the LeNet-5-half student's accuracy against the synthesis budget (iterations per image).
+6. `--adi K`: two-round synthesis (`dfgen synthesize --competitor`): K more images against LeNet-5-half trained on
+   the boundary set, and as control K more images of the same seed without it; LeNet-5-half learns from the boundary
+   set plus each (`two_rounds` in the JSON line).
 
 Every phase is cached under --out (synthesis resumes, each finished student and report is a JSON file), so an
 interrupted run continues where it stopped. Prints one JSON line last; its `seconds` give the wall time per phase.
@@ -108,14 +112,16 @@ def export_job(dataset: str, out: Path, limit: int | None = None) -> dict[str, A
 
 
 def synthesize_job(out: Path, teacher: dict[str, Any], name: str, n: int, no_diversity: bool,
-                   schedule: str | None = None) -> dict[str, Any]:
-    """The tool's defaults for this teacher, given as the user's own model file."""
+                   schedule: str | None = None, seed: int = 0, competitor: str | None = None) -> dict[str, Any]:
+    """The tool's defaults for this teacher, given as the user's own model file; `competitor`: a LeNet-5-half
+    weights file for a second round (--competitor)."""
     import dfgen
 
     start = time.perf_counter()
+    rival = {"competitor": f"{NETS}:lenet5_half", "competitor_weights": competitor} if competitor else {}
     config = dfgen.build_config(None, teacher=f"{NETS}:{name}", teacher_weights=teacher["weights"], image_size=28,
                                 mean=teacher["mean"], std=teacher["std"], n=n, out=str(out), quiet=True,
-                                no_diversity=no_diversity or None, schedule=schedule)
+                                no_diversity=no_diversity or None, schedule=schedule, seed=seed, **rival)
     dfgen.synthesize(config)
     description = json.loads((out / "dataset.json").read_text())
     return {"path": str(out), "seconds": round(time.perf_counter() - start), "schedule": description["schedule"],
@@ -125,17 +131,18 @@ def synthesize_job(out: Path, teacher: dict[str, Any], name: str, n: int, no_div
 KD_RECIPE = "kd-cutmix-affine"  # in the result files' names: a changed recipe does not reuse old rows
 
 
-def kd_job(teacher: dict[str, Any], train: str, test: str, steps: int) -> dict[str, Any]:
+def kd_job(teacher: dict[str, Any], train: str | list[str], test: str, steps: int,
+           save_to: str | None = None) -> dict[str, Any]:
     """LeNet-5-half by plain KD with the teacher online, `steps` optimizer steps with cutmix and random affine
-    warps (kd_training.py)."""
+    warps (kd_training.py); `train` may list several sets (two rounds); `save_to` keeps its weights."""
     from benchmarks.kd_training import kd_train
     from benchmarks.real_training import load_trained
 
     start = time.perf_counter()
     model = load_trained(teacher["weights"])
     acc = kd_train(f"{NETS}:lenet5_half", model, train, test, 1, steps=steps, cutmix=True, affine=True,
-                   mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
-    return {"acc": round(acc, 4), "steps": steps, "recipe": KD_RECIPE,
+                   mean=tuple(teacher["mean"]), std=tuple(teacher["std"]), save_to=save_to)
+    return {"acc": round(acc, 4), "steps": steps, "recipe": KD_RECIPE, "weights": save_to,
             "seconds": round(time.perf_counter() - start)}
 
 
@@ -245,6 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             teacher, path, real["test"], kd_steps)
             curve = {f"{args.curve_n} images x {3 * iters} iterations":
                      jobs.result(f"curve_kd_n{args.curve_n}_{iters}")["acc"] for iters in args.curve_iterations}
+        adi = two_rounds(args, jobs, out, teacher, settings["teacher"], synthetic["boundary"]["path"], real["test"],
+                         kd_steps, kd_key, schedule) if args.adi else {}
         students = {student: {key: jobs.result(f"{student}_{key}")["acc"] for key in DATA_KEYS}
                     for student in student_names}
         report = jobs.result("report")
@@ -271,9 +280,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "judge_diversity": {key: report[key]["judge_feature_diversity"] for key in ("boundary", "plain")},
         "judge_top1": {key: report[key]["judge_top1"] for key in ("boundary", "plain")},
         "curve_lenet5_half_by_budget": curve,
+        "two_rounds": adi,
         "published": PUBLISHED[args.dataset],
         "seconds": seconds,
     }
+
+
+def two_rounds(args: argparse.Namespace, jobs: Jobs, out: Path, teacher: dict[str, Any], name: str, boundary: str,
+               test: str, kd_steps: int, kd_key: str, schedule: str | None) -> dict[str, Any]:
+    """Two-round synthesis (DeepInversion's ADI, `dfgen synthesize --competitor`): LeNet-5-half trained on the
+    boundary set is the competitor of `--adi K` more images (seed 1); the control is K more images of seed 1 without
+    it. LeNet-5-half learns from the boundary set plus either, at the main rows' steps."""
+    results, k = out / "results", args.adi
+    weights = out / f"competitor-{kd_key}.pt"
+    jobs.submit("adi_control_syn", cached, results / f"adi{k}_control_syn.json", synthesize_job,
+                out / f"adi{k}_control", teacher, name, k, False, schedule, 1)
+    jobs.submit("adi_competitor", cached, results / f"adi_competitor-{kd_key}.json", kd_job, teacher, boundary, test,
+                kd_steps, str(weights))
+    competitor = jobs.result("adi_competitor")
+    jobs.submit("adi_syn", cached, results / f"adi{k}_syn-{kd_key}.json", synthesize_job, out / f"adi{k}-{kd_key}",
+                teacher, name, k, False, schedule, 1, competitor["weights"])
+    sets = {"control": jobs.result("adi_control_syn"), "adi": jobs.result("adi_syn")}
+    for key, made in sets.items():
+        jobs.submit(f"adi_kd_{key}", cached, results / f"adi{k}_kd_{key}-{kd_key}.json", kd_job, teacher,
+                    [boundary, made["path"]], test, kd_steps)
+    return {"extra_images": k, "competitor_acc": competitor["acc"],
+            "lenet5_half": {"boundary_plus_control": jobs.result("adi_kd_control")["acc"],
+                            "boundary_plus_adi": jobs.result("adi_kd_adi")["acc"]},
+            "agreement": {key: made["agreement"] for key, made in sets.items()},
+            "seconds": {name: jobs.result(name)["seconds"] for name in
+                        ("adi_control_syn", "adi_competitor", "adi_syn", "adi_kd_control", "adi_kd_adi")}}
 
 
 def positive(text: str) -> int:
@@ -309,6 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--curve-n", type=positive, default=2000, help="images per point of the curve [2000]")
     parser.add_argument("--curve-iterations", type=int, nargs="+", default=CURVE,
                         help=f"iterations per stage of the curve's points [{' '.join(map(str, CURVE))}]")
+    parser.add_argument("--adi", type=positive, default=None, metavar="K",
+                        help="also two-round synthesis: K more images against a competitor (LeNet-5-half trained on "
+                             "the boundary set) and K more without, each added to the boundary set (docs/design.md)")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro student (the slow one)")
     parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
     parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")

@@ -65,14 +65,15 @@ def probe_labels(plan: LabelPlan) -> torch.Tensor:
 
 
 def run_probe(model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...], settings: EngineSettings,
-              plan: LabelPlan, device: torch.device) -> ProbeFigures:
-    """Invert the probe batch with plain DeepInversion, no flips, and measure it."""
+              plan: LabelPlan, device: torch.device, competitor: torch.nn.Module | None = None) -> ProbeFigures:
+    """Invert the probe batch with plain DeepInversion, no flips, and measure it. A two-round run's `competitor`
+    takes part, so the reach is measured on images made the way the run makes them."""
     start = time.perf_counter()
     weights = dataclasses.replace(settings.weights, ep=0.0, triplet=0.0, ep_reach=None, margin=0.0)
     probe_settings = dataclasses.replace(settings, weights=weights, flip=False, schedule=probe_schedule(
         settings.schedule), log_every=0, soft_topk=0, crop_min_scale=None)
     labels = probe_labels(plan)
-    with InversionEngine(model, mean, std, probe_settings, device) as engine:
+    with InversionEngine(model, mean, std, probe_settings, device, competitor) as engine:
         result = engine.invert(labels, derive_seed(plan.seed, _STREAM_PROBE, 0))
         with torch.no_grad():
             normalised = (result.images.to(device).float() / 255 - engine.mean) / engine.std

@@ -116,6 +116,13 @@ def cli() -> None:
               "accepts every size [auto].")
 @click.option("--crop-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Random-resized crops in the "
               "loop, smallest area fraction reached by an easy-to-hard curriculum [off].")
+@click.option("--competitor", metavar="NAME", help="Two-round synthesis (DeepInversion's ADI): a student trained on a "
+              "first synthetic set, as a model name or file.py:factory taking the teacher's input; the competition "
+              "term seeks images on which it disagrees with the teacher [off].")
+@click.option("--competitor-weights", type=click.Path(), help="The competitor's weights file (needed with "
+              "--competitor).")
+@click.option("--competition", type=click.FloatRange(min=0), help="Weight of the competition term, 1 - JS(teacher, "
+              "competitor) [10 with --competitor].")
 @click.option("--soft-topk", type=click.IntRange(min=0), help="Teacher logits stored per image (top-k) for distill "
               "--soft-labels stored; 0: none [10].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")

@@ -113,7 +113,7 @@ def format_schedule(stages: list[tuple[int, int]]) -> str:
 # Options for users' own teachers (and class names): in the content only when set, so directories made before
 # they existed keep their fingerprint.
 OPTIONAL_CONTENT_FIELDS = ("teacher_kwargs", "num_classes", "in_chans", "image_size", "mean", "std", "use_ema",
-                           "class_names")
+                           "class_names", "competitor", "competitor_weights")
 
 
 # Optimiser and jitter defaults: one home for SynthesisConfig and inversion.EngineSettings.
@@ -136,6 +136,7 @@ NORMALIZED_WEIGHTS = {"tv_l2": round(1e-4 * math.sqrt(128 * 3 * 224 * 224), 3),
                       "tv_l1": 0.0, "l2": round(1e-5 * math.sqrt(3 * 224 * 224), 5), "bn": 100.0,
                       "first_bn_multiplier": 10.0, "ep": 50.0, "triplet": 0.5}
 FORMS = {"normalized": NORMALIZED_WEIGHTS, "paper": PAPER_WEIGHTS}
+COMPETITION = 10.0  # the competition weight with a competitor (on MNIST 1,000 + 1,000 images: docs/design.md)
 
 
 @dataclass
@@ -154,8 +155,12 @@ class LossWeights:
     margin: float | str = 0.5  # "auto": a fraction of the teacher's own inter-class distance
     ep_reach: float | str | None = 0.3  # "auto": as margin; None: the unbounded -d(a, ep) form (docs/design.md)
     form: str = "normalized"
+    # DeepInversion's competition (ADI) against SynthesisConfig.competitor; None: off without one, else COMPETITION
+    competition: float | None = None
 
     def __post_init__(self) -> None:
+        if self.competition is not None and self.competition < 0:
+            raise DfgenError(f"--competition must be >= 0, got {self.competition}")
         if self.form not in FORMS:
             raise DfgenError(f"the loss form must be one of {', '.join(FORMS)}, got {self.form!r}")
         for name, default in FORMS[self.form].items():
@@ -206,6 +211,15 @@ def parse_flip(value: Any) -> bool | str:
     raise DfgenError(f"--flip must be on, off or auto, got {value!r}")
 
 
+def losses_content(weights: LossWeights) -> dict[str, Any]:
+    """The weights as they enter a configuration's content; no competition entry without a competitor, so
+    directories made before it existed keep their fingerprint."""
+    data = dataclasses.asdict(weights)
+    if data["competition"] is None:
+        data.pop("competition")
+    return data
+
+
 def synthesis_losses(**weights: Any) -> LossWeights:
     """The loss weights of `dfgen synthesize`: LossWeights' defaults, except that the reach and the margin are
     derived from the teacher (auto) unless given."""
@@ -232,6 +246,10 @@ class SynthesisConfig:
     std: list[float] | None = None
     use_ema: bool = False
     class_names: list[str] | str | None = None  # a file (one name a line, or JSON) or the names themselves
+    # ADI's second round: a student trained on a first synthetic set, whose disagreement with the teacher the
+    # competition term seeks (a model name or file.py:factory as for the teacher, with its weights file)
+    competitor: str | None = None
+    competitor_weights: str | None = None
     n: int = 1000
     out: str = "out"
     schedule: list[tuple[int, int]] | None = None  # None: (res/2, 2000), (res, 2000) from the teacher
@@ -286,6 +304,15 @@ class SynthesisConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise DfgenError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self.flip = parse_flip(self.flip)
+        if self.competitor is not None and self.competitor_weights is None:
+            raise DfgenError("--competitor needs --competitor-weights: the student trained on the first round")
+        if self.competitor is not None and self.losses.competition is None:
+            self.losses = dataclasses.replace(self.losses, competition=COMPETITION)
+        elif self.competitor is None and self.competitor_weights is not None:
+            raise DfgenError("--competitor-weights needs --competitor (the model they belong to)")
+        elif self.competitor is None and self.losses.competition:
+            raise DfgenError("--competition needs --competitor: the student whose disagreement with the teacher "
+                             "it seeks (docs/design.md, two-round synthesis)")
         if self.multires not in MULTIRES_MODES:
             raise DfgenError(f"--multires must be one of {', '.join(MULTIRES_MODES)}, got {self.multires!r}")
         if self.soft_topk < 0:
@@ -317,7 +344,7 @@ class SynthesisConfig:
         data = dataclasses.asdict(self)
         for name in self.RUN_FIELDS:
             data.pop(name, None)
-        data["losses"] = dataclasses.asdict(self.effective_losses)
+        data["losses"] = losses_content(self.effective_losses)
         data.pop("no_diversity")
         for name in OPTIONAL_CONTENT_FIELDS:
             if data.get(name) in (None, False):

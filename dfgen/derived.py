@@ -27,7 +27,7 @@ def derive_settings(run: RunPlan, recorded: dict[str, Any] | None = None, log: b
         if figures is None:
             figures, probed = run_probe(run.teacher.model, run.teacher.mean, run.teacher.std,
                                         engine_settings(run, run.config.effective_losses, flip=False), run.plan,
-                                        run.device), True
+                                        run.device, run.competitor.model if run.competitor else None), True
     run.flip, run.weights = apply_probe(run.config.flip, run.config.effective_losses, figures)
     run.probe = figures
     if probed and log:

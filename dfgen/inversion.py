@@ -147,9 +147,11 @@ def objective(
     labels: Tensor,
     weights: LossWeights,
     noise_levels: Tensor | None = None,
+    competitor: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """All terms of eq. 8 and their weighted total (fp32), plus the diversity terms' activity shares. The
-    normalized form needs each BN layer's loss on noise (`noise_levels`, see bn_noise_levels)."""
+    normalized form needs each BN layer's loss on noise (`noise_levels`, see bn_noise_levels); the competition
+    term (DeepInversion's ADI) needs a `competitor` (logits of a view) and a `weights.competition`."""
     normalized = weights.form == "normalized"
     if normalized and noise_levels is None:
         raise ValueError("the normalized objective needs the BN layers' noise levels")
@@ -160,6 +162,8 @@ def objective(
         "tv_l1": L.tv_l1(jittered) if weights.tv_l1 else None,
         "l2": L.l2_prior(jittered, per_element=normalized) if weights.l2 else None,
     }
+    if weights.competition and competitor is None:
+        raise ValueError("the competition term needs a competitor")
     activity = {}
     if weights.ep or weights.triplet:
         diversity = L.diversity_terms(embedding, labels, weights.ep_reach, weights.margin)
@@ -170,6 +174,9 @@ def objective(
     for key, value in terms.items():
         if key != "ce":  # every other term has a weight of the same name
             total = total + getattr(weights, key) * value.float()
+    if weights.competition:  # the competitor runs last: the other terms' sums (and gradients) are as without it
+        terms["competition"] = L.competition_loss(logits, competitor(jittered))
+        total = total + weights.competition * terms["competition"].float()
     return {**terms, **activity, "total": total}
 
 
@@ -185,13 +192,18 @@ class InversionEngine:
         std: tuple[float, ...],
         settings: EngineSettings,
         device: torch.device,
+        competitor: nn.Module | None = None,
     ) -> None:
+        if bool(settings.weights.competition) != (competitor is not None):
+            raise ValueError("a competitor and a competition weight go together")
         self.settings = settings
         self.device = device
         model = model.to(device).eval().requires_grad_(False)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.probe = TeacherProbe(model)
+        # ADI's student, frozen: it only shapes the images (dfgen.competitor)
+        self.competitor = competitor.to(device).eval().requires_grad_(False) if competitor is not None else None
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
@@ -222,7 +234,13 @@ class InversionEngine:
     def _forward_loss(self, jittered: Tensor, labels: Tensor) -> dict[str, Tensor]:
         with self._autocast():
             logits, embedding, bn_terms = self.probe(jittered)
-        return objective(logits, embedding, bn_terms, jittered, labels, self.settings.weights, self.noise_levels)
+        competitor = self._competitor_logits if self.competitor is not None else None
+        return objective(logits, embedding, bn_terms, jittered, labels, self.settings.weights, self.noise_levels,
+                         competitor)
+
+    def _competitor_logits(self, view: Tensor) -> Tensor:
+        with self._autocast():
+            return self.competitor(view)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)

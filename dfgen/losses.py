@@ -186,3 +186,17 @@ def diversity_terms(embedding: Tensor, labels: Tensor, reach: float | None, marg
         "ep_active": _masked_mean(ep_active, mining.has_positive),
         "triplet_active": _masked_mean((gap.detach() > 0).float(), mining.has_positive & mining.has_negative),
     }
+
+
+def competition_loss(teacher_logits: Tensor, student_logits: Tensor, eps: float = 1e-8) -> Tensor:
+    """DeepInversion's competition term (ADI): 1 - JS(p_teacher, p_student), batch mean. Minimising it seeks images
+    on which a student still disagrees with the teacher; it lies in [1 - ln 2, 1]."""
+    p_teacher = _at_least_fp32(teacher_logits).softmax(1)
+    p_student = _at_least_fp32(student_logits).softmax(1)
+    middle = (p_teacher + p_student) / 2
+
+    def kl_to_middle(p: Tensor) -> Tensor:  # clamped logs: a probability that underflows to 0 adds 0, not NaN
+        return (p * (p.clamp_min(eps).log() - middle.clamp_min(eps).log())).sum(1)
+
+    js = (0.5 * (kl_to_middle(p_teacher) + kl_to_middle(p_student))).mean()
+    return 1 - js

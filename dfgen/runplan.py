@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from dfgen.calibration import ProbeFigures
-from dfgen.config import LossWeights, SynthesisConfig, default_schedule, format_schedule
+from dfgen.competitor import load_competitor
+from dfgen.config import LossWeights, SynthesisConfig, default_schedule, format_schedule, losses_content
 from dfgen.errors import DfgenError
 from dfgen.inversion import NOISE_IMAGES, EngineSettings, InversionEngine, OutOfMemory, is_out_of_memory
 from dfgen.plan import LabelPlan, batch_layout, shard_size_for
@@ -44,6 +45,7 @@ class RunPlan:
     probe: ProbeFigures | None = None
     noise_levels: list[float] | None = None  # normalized objective: each BN layer's loss on noise
     notes: list[str] = dataclasses.field(default_factory=list)  # near-miss values adjusted (batch layout, shards)
+    competitor: Teacher | None = None  # ADI's student (dfgen.competitor), when the competition weight is set
 
     @property
     def out(self) -> Path:
@@ -63,7 +65,7 @@ class RunPlan:
         content = self.requested_content()
         if self.weights is None:
             raise RuntimeError("derive_settings() must run before content()")
-        content.update(flip=self.flip, multires=self.multires, losses=dataclasses.asdict(self.weights),
+        content.update(flip=self.flip, multires=self.multires, losses=losses_content(self.weights),
                        execution=self.execution())
         return content
 
@@ -71,6 +73,9 @@ class RunPlan:
         """The content as asked for, "auto" values unresolved: the probe's identity."""
         content = self.config.content_fields()
         content.pop("teacher_weights")  # the path does not matter, the weights' hash does
+        if self.competitor is not None:
+            content.pop("competitor_weights", None)
+            content["competitor_weights_sha256"] = self.competitor.weights_sha256
         content.update(
             schedule=format_schedule(self.schedule),
             classes_per_batch=self.plan.classes_per_batch,
@@ -112,8 +117,11 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
                      images_per_class=images_per_class, seed=config.seed, shard_size=shard_size)
     accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule] + [resolution])
     multires = resolve_multires(config.multires, schedule, resolution, accepted, teacher.name)
+    competitor = None
+    if config.competitor is not None and weights.competition:
+        competitor = load_competitor(config.competitor, config.competitor_weights, teacher)
     run = RunPlan(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world,
-                  multires=multires, accepted=accepted, notes=notes)
+                  multires=multires, accepted=accepted, notes=notes, competitor=competitor)
     for note in notes if log else ():
         print(f"{run.log_prefix}note: {note}", file=sys.stderr, flush=True)
     return run
@@ -145,7 +153,8 @@ def engine_settings(run: RunPlan, weights: LossWeights, flip: bool) -> EngineSet
 def engine_for(run: RunPlan) -> InversionEngine:
     """The engine of a run whose settings are derived (dfgen.derived.derive_settings); use it as a context manager."""
     settings = engine_settings(run, run.weights, run.flip)
-    return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device)
+    return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device,
+                           competitor=run.competitor.model if run.competitor is not None else None)
 
 
 @contextmanager

@@ -61,8 +61,22 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
     assert more["agreement"] == result["agreement"] and more["seconds"]["synthesize_boundary"] == result["seconds"][
         "synthesize_boundary"]
 
+    # --adi K: a second round of K images against LeNet-5-half trained on the boundary set, and K without, each
+    # added to the boundary set; the first round's synthesis is reused
+    two = published.main([*argv, "--kd-steps", "3", "--no-dearkd", "--adi", "10"])
+    rounds = two["two_rounds"]
+    assert rounds["extra_images"] == 10
+    assert set(rounds["lenet5_half"]) == {"boundary_plus_control", "boundary_plus_adi"}
+    assert all(0 <= acc <= 1 for acc in rounds["lenet5_half"].values()) and 0 <= rounds["competitor_acc"] <= 1
+    toy = tmp_path / DATASET / "toy"
+    assert (toy / f"competitor-{published.KD_RECIPE}3.pt").is_file()
+    adi_config = json.loads((toy / f"adi10-{published.KD_RECIPE}3" / "config.json").read_text())
+    assert "competitor_weights_sha256" in json.dumps(adi_config)
+    assert "competitor" not in json.loads((toy / "adi10_control" / "config.json").read_text())
+    assert two["seconds"]["synthesize_boundary"] == result["seconds"]["synthesize_boundary"]
 
 def test_counts_below_one_are_refused_not_read_as_the_default():
     with pytest.raises(SystemExit):
         published.parse_args(["--dataset", "mnist", "--kd-steps", "0"])
     assert published.parse_args(["--dataset", "mnist", "--kd-steps", "24000"]).kd_steps == 24000
+
