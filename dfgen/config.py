@@ -136,7 +136,7 @@ NORMALIZED_WEIGHTS = {"tv_l2": round(1e-4 * math.sqrt(128 * 3 * 224 * 224), 3),
                       "tv_l1": 0.0, "l2": round(1e-5 * math.sqrt(3 * 224 * 224), 5), "bn": 100.0,
                       "first_bn_multiplier": 10.0, "ep": 50.0, "triplet": 0.5}
 FORMS = {"normalized": NORMALIZED_WEIGHTS, "paper": PAPER_WEIGHTS}
-COMPETITION = 10.0  # the competition weight with a competitor (on MNIST 1,000 + 1,000 images: docs/design.md)
+COMPETITION = 10.0  # the competition weight with a competitor: the one value measured (docs/design.md)
 
 
 @dataclass

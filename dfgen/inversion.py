@@ -174,7 +174,7 @@ def objective(
     for key, value in terms.items():
         if key != "ce":  # every other term has a weight of the same name
             total = total + getattr(weights, key) * value.float()
-    if weights.competition:  # the competitor runs last: the other terms' sums (and gradients) are as without it
+    if weights.competition:  # the competitor runs last: the other terms are computed exactly as without it
         terms["competition"] = L.competition_loss(logits, competitor(jittered))
         total = total + weights.competition * terms["competition"].float()
     return {**terms, **activity, "total": total}
