@@ -300,8 +300,9 @@ def two_rounds(args: argparse.Namespace, jobs: Jobs, out: Path, teacher: dict[st
     competitor = jobs.result("adi_competitor")
     jobs.submit("adi_syn", cached, results / f"adi{k}_syn-{kd_key}.json", synthesize_job, out / f"adi{k}-{kd_key}",
                 teacher, name, k, False, schedule, 1, competitor["weights"])
-    sets = {"control": jobs.result("adi_control_syn"), "adi": jobs.result("adi_syn")}
-    for key, made in sets.items():
+    sets = {}
+    for key in ("control", "adi"):  # the control's student starts while the competition round still runs
+        sets[key] = made = jobs.result("adi_control_syn" if key == "control" else "adi_syn")
         jobs.submit(f"adi_kd_{key}", cached, results / f"adi{k}_kd_{key}-{kd_key}.json", kd_job, teacher,
                     [boundary, made["path"]], test, kd_steps)
     return {"extra_images": k, "competitor_acc": competitor["acc"],
