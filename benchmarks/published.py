@@ -309,7 +309,7 @@ def two_rounds(args: argparse.Namespace, jobs: Jobs, out: Path, teacher: dict[st
             "lenet5_half": {"boundary_plus_control": jobs.result("adi_kd_control")["acc"],
                             "boundary_plus_adi": jobs.result("adi_kd_adi")["acc"]},
             "agreement": {key: made["agreement"] for key, made in sets.items()},
-            "seconds": {name: jobs.result(name)["seconds"] for name in
+            "seconds": {phase: jobs.result(phase)["seconds"] for phase in
                         ("adi_control_syn", "adi_competitor", "adi_syn", "adi_kd_control", "adi_kd_adi")}}
 
 
