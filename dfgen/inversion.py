@@ -202,8 +202,11 @@ class InversionEngine:
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.probe = TeacherProbe(model)
-        # ADI's student, frozen: it only shapes the images (dfgen.competitor)
-        self.competitor = competitor.to(device).eval().requires_grad_(False) if competitor is not None else None
+        if competitor is not None:  # ADI's student, frozen: it only shapes the images (dfgen.competitor)
+            competitor = competitor.to(device).eval().requires_grad_(False)
+            if settings.channels_last:  # it sees the teacher's view, in the teacher's layout
+                competitor = competitor.to(memory_format=torch.channels_last)
+        self.competitor = competitor
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.low, self.high = (0 - self.mean) / self.std, (1 - self.mean) / self.std  # valid pixel range
