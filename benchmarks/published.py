@@ -241,10 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         teacher, train[key], real["test"], kd_steps)
         for key in REAL_KEYS:  # the upper bound under the real-data recipe as well
             jobs.submit(f"lenet5_half_{key}_shift", cached, results / f"lenet5_half_{key}-{REAL_RECIPE}{kd_steps}.json",
-                        kd_job, teacher, train[key], real["test"], kd_steps, None, REAL_RECIPE)
+                        kd_job, teacher, train[key], real["test"], kd_steps, recipe=REAL_RECIPE)
         student_names = ("lenet5_half",) if args.no_dearkd else ("lenet5_half", "dearkd_micro")
         for key in DATA_KEYS if "dearkd_micro" in student_names else ():
-            steps_like = n if key in ("real_1pct", "real_kd") else None
+            steps_like = n if key in REAL_KEYS else None
             jobs.submit(f"dearkd_micro_{key}", cached, results / f"dearkd_micro_{key}-{distill_key}.json", distill_job,
                         out / f"run_dearkd_{key}", train[key], real["test"], synthetic["boundary"]["path"],
                         settings["distill_epochs"], steps_like)
@@ -315,8 +315,8 @@ def two_rounds(args: argparse.Namespace, jobs: Jobs, out: Path, teacher: dict[st
     jobs.submit("adi_syn", cached, results / f"adi{k}_syn-{kd_key}.json", synthesize_job, out / f"adi{k}-{kd_key}",
                 teacher, name, k, False, schedule, 1, competitor["weights"])
     sets = {}
-    for key in ("control", "adi"):  # the control's student starts while the competition round still runs
-        sets[key] = made = jobs.result("adi_control_syn" if key == "control" else "adi_syn")
+    for key, phase in (("control", "adi_control_syn"), ("adi", "adi_syn")):  # the control's student starts first
+        sets[key] = made = jobs.result(phase)
         jobs.submit(f"adi_kd_{key}", cached, results / f"adi{k}_kd_{key}-{kd_key}.json", kd_job, teacher,
                     [boundary, made["path"]], test, kd_steps)
     return {"extra_images": k, "competitor_acc": competitor["acc"],
