@@ -125,6 +125,11 @@ def cli() -> None:
               "competitor) [10 with --competitor].")
 @click.option("--soft-topk", type=click.IntRange(min=0), help="Teacher logits stored per image (top-k) for distill "
               "--soft-labels stored; 0: none [10].")
+@click.option("--soft-views", type=click.IntRange(min=0), help="Also store the teacher's top-k logits on this many "
+              "random-resized crops of each image (FKD-style: distill --soft-labels stored replays a crop and learns "
+              "its own logits); 0: none [0].")
+@click.option("--soft-view-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Smallest area fraction "
+              "of a stored view's crop [0.25].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
 @click.option("--rank", type=click.IntRange(min=0), help="This process's rank [torchrun's, SLURM's or MPI's].")
 @click.option("--world-size", type=click.IntRange(min=1), help="Number of processes; without --rank the rank comes "

@@ -269,6 +269,8 @@ class SynthesisConfig:
     flip: bool | str = AUTO  # auto: on only if the teacher is mirror-invariant on its own images (a probe)
     multires: str = AUTO  # native: the teacher sees each stage's size; upsample: it always sees its own size
     soft_topk: int = 10  # teacher logits stored per image (top-k; 0: none), for distill --soft-labels stored
+    soft_views: int = 0  # random-resized-crop views per image whose logits are stored too (dfgen.soft_views)
+    soft_view_min_scale: float = 0.25  # smallest area fraction of a stored view
     crop_min_scale: float | None = None  # random-resized crops in the loop, area scale min..1 (None: off)
     losses: LossWeights = field(default_factory=lambda: synthesis_losses())
     no_diversity: bool = False
@@ -317,6 +319,12 @@ class SynthesisConfig:
             raise DfgenError(f"--multires must be one of {', '.join(MULTIRES_MODES)}, got {self.multires!r}")
         if self.soft_topk < 0:
             raise DfgenError(f"--soft-topk must be >= 0, got {self.soft_topk}")
+        if isinstance(self.soft_views, bool) or not isinstance(self.soft_views, int) or self.soft_views < 0:
+            raise DfgenError(f"--soft-views must be a whole number >= 0, got {self.soft_views!r}")
+        if self.soft_views and not self.soft_topk:
+            raise DfgenError("--soft-views needs stored soft labels: --soft-topk 0 turns them off")
+        if not 0 < self.soft_view_min_scale <= 1:
+            raise DfgenError(f"--soft-view-min-scale must be in (0, 1], got {self.soft_view_min_scale}")
         if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
             raise DfgenError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
         if self.upsample not in ("bilinear", "nearest"):

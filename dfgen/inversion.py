@@ -17,6 +17,7 @@ from dfgen.config import JITTER_FRACTION, LR, UPSAMPLE, WARMUP, LossWeights
 from dfgen.errors import SynthesisError
 from dfgen.jitter import draw_stage_jitter
 from dfgen.resolutions import describe_failure
+from dfgen.soft_views import draw_view_boxes, view_logits
 from dfgen.teachers import check_running_statistics, classifier_of
 
 
@@ -38,6 +39,8 @@ class EngineSettings:
     compile: bool = False  # torch.compile the teacher + loss (pays for small teachers; see README)
     output_resolution: int | None = None  # written size; None: the last stage's (upsampled if larger)
     soft_topk: int = 0  # teacher logits kept per image (top-k; 0: none)
+    soft_views: int = 0  # augmented views per image labelled by the teacher too (dfgen.soft_views; 0: none)
+    soft_view_min_scale: float = 0.25  # smallest area fraction of a view's crop
     bn_noise_levels: list[float] | None = None  # normalized form: each BN layer's loss on noise (None: measured)
 
 
@@ -50,6 +53,9 @@ class BatchResult:
     lr_scale: float  # 1.0, or the lowered scale of a retry after a non-finite loss
     soft_index: Tensor | None = None  # (B, k) classes of the teacher's top-k logits on the written images
     soft_logit: Tensor | None = None  # (B, k) those logits
+    view_boxes: Tensor | None = None  # (B, K, 5) each image's stored views (top, left, height, width, flip)
+    view_index: Tensor | None = None  # (B, K, k) classes of the teacher's top-k logits on each view
+    view_logit: Tensor | None = None  # (B, K, k) those logits
 
 
 class TeacherProbe(nn.Module):
@@ -334,7 +340,7 @@ class InversionEngine:
         x = x.detach()
         if s.output_resolution and s.output_resolution != x.shape[-1]:
             x = self._resize(x.float(), s.output_resolution)
-        return self._finish(x, labels, logged, lr_scale)
+        return self._finish(x, labels, logged, lr_scale, generator)
 
     def _teacher_terms(self, view: Tensor, labels: Tensor, resolution: int) -> dict[str, Tensor]:
         """The loss terms; a failure of the teacher's forward pass becomes one line naming stage and layer."""
@@ -360,8 +366,10 @@ class InversionEngine:
         return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def _finish(self, x: Tensor, labels: Tensor, logged: dict[str, float], lr_scale: float) -> BatchResult:
-        """Quantise to uint8 and re-run the teacher on exactly the pixels that will be written."""
+    def _finish(self, x: Tensor, labels: Tensor, logged: dict[str, float], lr_scale: float,
+                generator: torch.Generator) -> BatchResult:
+        """Quantise to uint8 and re-run the teacher on exactly the pixels that will be written (and on their stored
+        views, drawn last from the batch's generator)."""
         images = ((x.float() * self.std + self.mean).clamp(0, 1) * 255).round().to(torch.uint8)
         normalised = (images.float() / 255 - self.mean) / self.std
         with self._autocast():
@@ -372,8 +380,16 @@ class InversionEngine:
         if self.settings.soft_topk:
             top = logits.topk(min(self.settings.soft_topk, logits.shape[1]), dim=1)
             soft_index, soft_logit = top.indices.cpu(), top.values.cpu()
-        return BatchResult(images.cpu().contiguous(), target_prob.cpu(), probs.argmax(dim=1).cpu(), logged, lr_scale,
-                           soft_index, soft_logit)
+        result = BatchResult(images.cpu().contiguous(), target_prob.cpu(), probs.argmax(dim=1).cpu(), logged,
+                             lr_scale, soft_index, soft_logit)
+        if self.settings.soft_topk and self.settings.soft_views:
+            boxes = draw_view_boxes(generator, len(images), self.settings.soft_views, images.shape[-1],
+                                    self.settings.soft_view_min_scale, self.settings.flip)
+            with self._autocast():
+                views = view_logits(self.probe.model, normalised, boxes.to(normalised.device))
+            top = views.float().topk(min(self.settings.soft_topk, views.shape[-1]), dim=-1)
+            result.view_boxes, result.view_index, result.view_logit = boxes, top.indices.cpu(), top.values.cpu()
+        return result
 
 
 class _NonFinite(Exception):

@@ -21,6 +21,7 @@ from dfgen.errors import DfgenError
 from dfgen.plan import LabelPlan
 from dfgen.runplan import RunPlan
 from dfgen.shards import build_index, read_sidecar, shard_paths
+from dfgen.soft_views import soft_label_record
 
 CONFIG_FILE = "config.json"  # written at the start: what this directory is being made with
 OWN_ENTRIES = ("shards", CONFIG_FILE, "index.json", "dataset.json")
@@ -177,8 +178,8 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
                       "jitter_fraction": c.jitter_fraction, "flip": run.flip, "multires": run.multires,
                       "crop_min_scale": c.crop_min_scale, "kept": "last iterate"},
         "derived": derived_record(run),
-        "soft_labels": {"k": min(c.soft_topk, teacher.num_classes), "of": "teacher logits on the written image"}
-        if c.soft_topk else None,
+        "soft_labels": soft_label_record(c.soft_topk, teacher.num_classes, c.soft_views, c.soft_view_min_scale,
+                                         run.flip) if c.soft_topk else None,
         "precision": run.precision,
         "execution": run.execution(),  # the same for every shard: a resume computing otherwise is refused
         "format": c.format,

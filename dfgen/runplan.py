@@ -146,6 +146,8 @@ def engine_settings(run: RunPlan, weights: LossWeights, flip: bool) -> EngineSet
         compile=c.compile,
         output_resolution=run.teacher.resolution,
         soft_topk=c.soft_topk,
+        soft_views=c.soft_views,
+        soft_view_min_scale=c.soft_view_min_scale,
         bn_noise_levels=run.noise_levels,
     )
 

@@ -79,6 +79,9 @@ def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: 
             if result.soft_index is not None:  # the teacher's top-k logits on the written image
                 meta["soft"] = {"index": result.soft_index[j].tolist(),
                                 "logit": [round(float(v), 4) for v in result.soft_logit[j]]}
+            if result.view_boxes is not None:  # and on each stored view (dfgen.soft_views)
+                meta["soft_views"] = {"box": result.view_boxes[j].tolist(), "index": result.view_index[j].tolist(),
+                                      "logit": [[round(float(v), 4) for v in row] for row in result.view_logit[j]]}
             image = encode_image(result.images[j].numpy(), run.config.format, run.config.quality)
             samples.append(Sample(key=image_key(index), image=image, label=label, meta=meta))
         if progress is not None:

@@ -47,6 +47,9 @@ def cli() -> None:
 @click.option("--distill-tau", type=click.FloatRange(min=0, min_open=True), help="Soft distillation temperature [1].")
 @click.option("--soft-labels", type=click.Choice(["online", "stored"]),
               help="Distillation target: the teacher on each batch, or the logits dfgen stored [online].")
+@click.option("--stored-views/--no-stored-views", default=None, help="With --soft-labels stored: train on the crops "
+              "whose logits dfgen stored (dfgen synthesize --soft-views), replayed exactly, instead of random crops "
+              "labelled by the whole image's logits [on where the data stores them].")
 @click.option("--repeats", type=click.IntRange(min=1), help="Repeated augmentation: uses of each image [1].")
 @click.option("--num-classes", type=click.IntRange(min=1), help="[from dataset.json]")
 @click.option("--in-chans", type=click.IntRange(min=1), help="[from dataset.json]")

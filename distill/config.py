@@ -53,6 +53,7 @@ class TrainConfig:
     distillation: str = "hard"  # "hard": CE on the teacher's argmax (DeiT); "soft": KL at distill_tau
     distill_tau: float = 1.0  # temperature of soft distillation (DeiT's code: 1; its paper's soft runs: 3)
     soft_labels: str = "online"  # "online": the teacher labels each batch; "stored": dfgen's stored top-k logits
+    stored_views: bool = True  # with "stored": replay the crops dfgen labelled (--soft-views), where stored
     # optimization (DeiT)
     batch_size: int = 256  # global: split over the DDP ranks
     lr: float = 5e-4  # at a batch of lr_base_size; None there: used as is

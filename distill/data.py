@@ -7,6 +7,7 @@ layout); the training stream is `distill.pipeline`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -209,6 +210,13 @@ def train_transform(cfg: TrainConfig, data_config: dict[str, Any]) -> Callable:
                 # digits the background is black, and grey borders are a cue the real test images never show
                 op.kwargs["fillcolor"] = (int(cfg.aa_fill),) * int(data_config["input_size"][0])
     return transform
+
+
+def view_transform(cfg: TrainConfig, data_config: dict[str, Any]) -> Callable:
+    """The training transform for an image that is already a stored view (dfgen --soft-views): its crop and flip were
+    replayed from the sample, so the random-resized crop only resizes (the whole image, scale and ratio 1) and no
+    flip follows; RandAugment, erasing and normalization stay, as FKD keeps its other augmentations."""
+    return train_transform(dataclasses.replace(cfg, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0), data_config)
 
 
 def eval_transform(data_config: dict[str, Any]) -> Callable:

@@ -118,7 +118,8 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
             teacher_logits, maps = ctx.teacher(images)
             teacher_target = distillation_target(teacher_logits, ctx.distillation, ctx.tau)
         elif stage1:
-            # stored soft labels: the teacher's logits on the unaugmented image, mixed as the images are
+            # stored soft labels: the teacher's logits on the unaugmented image or on the stored view the loader
+            # replayed, mixed as the images are
             stored = batch["soft"].to(ctx.device, non_blocking=True)
             teacher_target = distillation_target(stored, ctx.distillation, ctx.tau)
             if lam is not None:

@@ -101,6 +101,7 @@ class StreamSettings:
     repeats: int = 1
     mix: tuple[float, ...] | None = None  # per-source weights; None: by size
     soft: bool = False  # decode stored soft labels (dense logits, -inf outside the stored top-k)
+    view_transform: Callable | None = None  # for samples with stored views: `transform` less its crop and flip
 
 
 def worker_slot() -> tuple[int, int]:
@@ -196,8 +197,38 @@ def parse_label(value: Any, num_classes: int) -> int:
 def stored_logits(meta: bytes | None, label: int, num_classes: int, required: bool) -> torch.Tensor:
     """The distillation target of a sample as dense logits: its stored top-k teacher logits ("soft" in the per-image
     JSON) with -inf elsewhere, or, for a sample without them (real data), 0 at its label and -inf elsewhere."""
+    return dense_logits(json.loads(meta).get("soft") if meta else None, label, num_classes, required)
+
+
+def stored_view(meta: dict[str, Any], image: Image.Image, rng: random.Random) -> tuple[Image.Image, dict] | None:
+    """One of the sample's stored views (dfgen.soft_views), drawn by `rng` and replayed on its image: the crop
+    resized back to the image's size (bilinear, as dfgen labelled it), mirrored if flagged, with its stored
+    top-k logits ({"index", "logit"}); None where the sample stores no views."""
+    views = meta.get("soft_views")
+    if not views:
+        return None
+    boxes, index, logit = views.get("box"), views.get("index"), views.get("logit")
+    if not (isinstance(boxes, list) and isinstance(index, list) and isinstance(logit, list)
+            and len(boxes) == len(index) == len(logit) and boxes):
+        raise ValueError("malformed \"soft_views\" entry (box, index and logit must be lists of the same length)")
+    v = rng.randrange(len(boxes))
+    if not isinstance(boxes[v], list) or len(boxes[v]) != 5:
+        raise ValueError("malformed \"soft_views\" box (top, left, height, width, flip)")
+    top, left, height, width, flip = (int(b) for b in boxes[v])
+    if top < 0 or left < 0 or height < 1 or width < 1 or top + height > image.height or left + width > image.width:
+        raise ValueError(f"stored view box {boxes[v]} outside the {image.width}x{image.height} image")
+    view = image.crop((left, top, left + width, top + height))
+    if view.size != image.size:
+        view = view.resize(image.size, Image.Resampling.BILINEAR)
+    if flip:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return view, {"index": index[v], "logit": logit[v]}
+
+
+def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool) -> torch.Tensor:
+    """Stored top-k logits {"index", "logit"} as a dense vector (-inf elsewhere); without them (real data) 0 at the
+    label and -inf elsewhere, or an error where they are `required`."""
     logits = torch.full((num_classes,), float("-inf"))
-    soft = json.loads(meta).get("soft") if meta else None
     if soft is None:
         if required:
             raise ValueError("no stored soft labels (\"soft\") in its JSON")
@@ -214,19 +245,27 @@ def stored_logits(meta: bytes | None, label: int, num_classes: int, required: bo
 
 def decode_samples(src: Iterator[dict], infos: list[DatasetInfo], settings: StreamSettings,
                    bad: BadShards) -> Iterator[tuple]:
-    """(image, label, source, stored logits or None), augmented; a bad sample marks its shard (or file) corrupt."""
+    """(image, label, source, stored logits or None), augmented; a bad sample marks its shard (or file) corrupt.
+    With stored views, the image is one of its stored crops (drawn per worker, seeded) under `view_transform`."""
+    rng = random.Random(f"{settings.seed}:views:worker{worker_slot()[0]}")
     for sample in src:
+        transform = settings.transform
         try:
             image = decode_image(sample["image"], settings.mode, f"sample {sample['key']}")
             label = parse_label(sample["cls"], settings.num_classes)
             soft = None
             if settings.soft:
+                meta = json.loads(sample["json"]) if sample["json"] else {}
+                entry = meta.get("soft")
+                view = stored_view(meta, image, rng) if settings.view_transform is not None else None
+                if view is not None:
+                    (image, entry), transform = view, settings.view_transform
                 required = infos[sample["source"]].soft_k is not None
-                soft = stored_logits(sample["json"], label, settings.num_classes, required)
+                soft = dense_logits(entry, label, settings.num_classes, required)
         except Exception as exc:
             bad.report(sample["url"], f"sample {sample['key']}: {exc}")
             continue
-        yield settings.transform(image), label, sample["source"], soft
+        yield transform(image), label, sample["source"], soft
 
 
 def batches(src: Iterator[tuple], batch_size: int, bad: BadShards) -> Iterator[dict[str, Any]]:

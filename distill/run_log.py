@@ -101,5 +101,7 @@ def startup_line(cfg: TrainConfig, model: nn.Module, infos: list[DatasetInfo], s
             f"{cfg.batch_size} on {world_size} process(es), {device}, lr {lr:.2e}"
             + (f", teacher {teacher_name}" if teacher_name else "")
             + (", stored soft labels" if stored and cfg.stage1_epochs else "")
+            + (f" ({max(i.soft_views for i in infos)} stored views per image)"
+               if stored and cfg.stage1_epochs and cfg.stored_views and any(i.soft_views for i in infos) else "")
             + "".join(f", align block {p.block} <- {p.stage.name} ({p.stage.channels}x{p.stage.hw[0]}x"
                       f"{p.stage.hw[1]})" for p in pairs))

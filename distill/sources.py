@@ -72,6 +72,13 @@ class DatasetInfo:
         soft = self.description.get("soft_labels")
         return int(soft["k"]) if isinstance(soft, dict) and soft.get("k") else None
 
+    @property
+    def soft_views(self) -> int:
+        """Teacher-labelled crops stored per image (dfgen --soft-views), 0 when none."""
+        soft = self.description.get("soft_labels")
+        views = soft.get("views") if isinstance(soft, dict) else None
+        return int(views["count"]) if isinstance(views, dict) and views.get("count") else 0
+
 
 def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int | None = None,
                  image_key: str | None = None, label_key: str = "cls", labels_file: str | None = None,

@@ -50,6 +50,7 @@ from distill.data import (
     rank_batch_size,
     steps_per_epoch,
     train_transform,
+    view_transform,
 )
 from distill.distributed import DistEnv, gather_objects, resolve_precision, setup_distributed
 from distill.engine import EpochContext, StudentForward, train_one_epoch
@@ -82,7 +83,7 @@ class Run:
     opt: Optimization
     ctx: EpochContext
     health: ShardHealth
-    transforms: tuple[Callable, Callable]  # training, evaluation
+    transforms: tuple[Callable, Callable, Callable | None]  # training, evaluation, stored views' (or None)
     workers: int
     probe: torch.Tensor | None  # the attention-distance images (main rank only)
     start_epoch: int
@@ -177,8 +178,10 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
                        world_size=env.world_size, health=health, num_sources=len(data.infos))
     t_eval = eval_transform(data_config)
     probe = probe_images(data.val or data.infos[0], t_eval, data.in_chans, cfg.attn_images) if env.main else None
-    run = Run(cfg, env, data, steps, rank_batch, model, aligners, pairs, opt, ctx, health,
-              (train_transform(cfg, data_config), t_eval), loader_workers(cfg.workers, device), probe, start_epoch)
+    views = stored and cfg.stored_views and any(i.soft_views for i in data.infos)
+    transforms = (train_transform(cfg, data_config), t_eval, view_transform(cfg, data_config) if views else None)
+    run = Run(cfg, env, data, steps, rank_batch, model, aligners, pairs, opt, ctx, health, transforms,
+              loader_workers(cfg.workers, device), probe, start_epoch)
     if ckpt is not None:
         _restore(run, trainable, ckpt)
     if env.main:
@@ -240,7 +243,8 @@ def _train_epoch(run: Run, epoch: int, stage: int) -> dict[str, Any]:
                               transform=run.transforms[0], shuffle_buffer=cfg.shuffle_buffer,
                               interleave=cfg.shard_interleave, repeats=cfg.repeats,
                               mix=tuple(cfg.mix) if cfg.mix else None,
-                              soft=cfg.soft_labels == "stored" and stage == 1)
+                              soft=cfg.soft_labels == "stored" and stage == 1,
+                              view_transform=run.transforms[2] if stage == 1 else None)
     loader = train_loader(data.infos, settings, run.steps, run.workers, set(run.health.bad))
     stats, run.num_updates = train_one_epoch(run.ctx, loader, run.steps, run.num_updates,
                                              desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}",

@@ -12,7 +12,8 @@ from benchmarks import transfer
 
 
 def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path, capsys):
-    argv = ["--toy", "--out", str(tmp_path), "--teachers", "digits_cnn", "resnet18_digits", "--jobs", "1"]
+    argv = ["--toy", "--out", str(tmp_path), "--teachers", "digits_cnn", "resnet18_digits", "--jobs", "1",
+            "--stored-soft-labels", "--variant-teachers", "digits_cnn"]
     threads = torch.get_num_threads()
     result = transfer.main(argv)
     assert torch.get_num_threads() == threads  # the inline job pool gives the process its threads back
@@ -29,6 +30,14 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
         config = json.loads((tmp_path / "toy20" / f"syn_{key}" / "config.json").read_text())
         assert config["derived"]["flip"]["requested"] == "auto"  # the user gave no synthesis setting
     assert result["matrix"]["digits_cnn"]["teacher_acc"] > 0.95  # the bundled teacher as shipped
+    stored = result["matrix"]["digits_cnn"]["students"]["dearkd_micro"]  # the teacher-free cells, variant teacher only
+    assert 0 <= stored["synthetic_stored_soft_labels"] <= 1 and 0 <= stored["synthetic_stored_views"] <= 1
+    assert len(stored["seconds_online_vs_stored"]) == 3
+    assert "synthetic_stored_views" not in result["matrix"]["resnet18_digits"]["students"]["dearkd_micro"]
+    views = json.loads((tmp_path / "toy20" / "views_digits_cnn" / "dataset.json").read_text())["soft_labels"]["views"]
+    assert views["count"] == transfer.STORED_VIEWS["soft_views"]
+    config = json.loads((tmp_path / "toy20" / "run_dearkd_stored_views_digits_cnn" / "config.json").read_text())
+    assert config["soft_labels"] == "stored"
     assert result["cells_meeting_target"].endswith("/4")
     assert result["min_ratio"] == min(c["ratio"] for r in result["matrix"].values() for c in r["students"].values())
     again = transfer.main(argv)  # every phase cached: the same matrix
