@@ -162,6 +162,9 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
         teacher, pairs, teacher_name = load_stage1_teacher(cfg, data.infos, model, device, data_config)
     if stage1_left and stored and cfg.hidden_weight > 0:
         env.log("note: with --soft-labels stored the hidden loss is off (it needs the teacher's feature maps)")
+    if stage1_left and stored and cfg.distillation == "hard":
+        env.log("note: --distillation hard learns only the stored logits' argmax, on synthetic images almost always "
+                "the label; --distillation soft keeps what they say of the other classes")
     if ckpt is not None:
         pairs = pairs_from_json(ckpt["pairs"])  # aligners exist in stage 2 too (their optimizer state is saved)
     aligners = make_aligners(pairs, model).to(device)

@@ -1,5 +1,6 @@
 """Distillation targets: soft distillation, mixup/cutmix pairing, and the soft labels dfgen stores (issue 15 item 3):
-`--soft-labels stored` trains stage 1 from the stored top-k logits without loading the teacher."""
+`--soft-labels stored` trains stage 1 from the stored top-k logits without loading the teacher, or from the
+stored views it replays (dfgen --soft-views)."""
 
 import json
 import math
@@ -24,8 +25,9 @@ def stored_classes(label: int) -> list[int]:
     return [(label + 1) % 10, (label + 2) % 10, (label + 3) % 10]
 
 
-def write_soft_dataset(root: Path, count: int = 64) -> Path:
-    """A "synthetic" dataset of real digits whose per-image JSON stores top-3 soft labels, made by hand."""
+def write_soft_dataset(root: Path, count: int = 64, views: int = 0) -> Path:
+    """A "synthetic" dataset of real digits whose per-image JSON stores top-3 soft labels, made by hand; with
+    `views`, also that many stored views (dfgen --soft-views) whose logits point at label + 2 + v."""
     from dfgen.zoo.digits import load_digits_split
 
     split = load_digits_split()
@@ -34,14 +36,19 @@ def write_soft_dataset(root: Path, count: int = 64) -> Path:
     (root / "shards").mkdir(parents=True)
     sidecars = []
     for shard in range(count // 32):
-        samples = [Sample(image_key(i), encode_image(pixels[i].numpy()), labels[i],
-                          {"index": i, "label": labels[i],
-                           "soft": {"index": stored_classes(labels[i]), "logit": STORED}})
-                   for i in range(shard * 32, shard * 32 + 32)]
+        samples = []
+        for i in range(shard * 32, shard * 32 + 32):
+            meta = {"index": i, "label": labels[i], "soft": {"index": stored_classes(labels[i]), "logit": STORED}}
+            if views:
+                meta["soft_views"] = {"box": [[4 * v, 2, 20, 24, v % 2] for v in range(views)],
+                                      "index": [[(labels[i] + 2 + v) % 10] for v in range(views)],
+                                      "logit": [[5.0] for _ in range(views)]}
+            samples.append(Sample(image_key(i), encode_image(pixels[i].numpy()), labels[i], meta))
         sidecars.append(write_shard(root, shard, samples, "png", {}))
     write_json_atomic(root / "index.json", build_index(sidecars, "soft"))
+    soft_labels = {"k": 3, **({"views": {"count": views}} if views else {})}
     write_json_atomic(root / "dataset.json", {"kind": "synthetic", "n": count, "num_classes": 10, "in_chans": 1,
-                                              "image_size": [1, 32, 32], "soft_labels": {"k": 3},
+                                              "image_size": [1, 32, 32], "soft_labels": soft_labels,
                                               "classes": [str(c) for c in range(10)]})
     return root
 
@@ -130,6 +137,7 @@ def test_stored_soft_labels_train_without_the_teacher(soft_set, digits, tmp_path
                  fraction="0.5,0.5"))
     err = capsys.readouterr().err
     assert err.count("the hidden loss is off") == 1 and "stored soft labels" in err
+    assert "learns only the stored logits' argmax" not in err  # soft distillation: no advice
     record = json.loads((out / "metrics.jsonl").read_text())
     assert "loss_hidden" not in record and record["loss_dist"] > 0 and len(record["mix"]) == 2
     synthetic = torch.softmax(torch.tensor(STORED), dim=0)
@@ -155,6 +163,20 @@ def test_stored_targets_follow_the_mixup_pairing(soft_set, tmp_path, recorded):
         assert torch.allclose(teacher, target.roll(1, dims=-1), atol=1e-6)
         mixed_rows += int((target.max(dim=-1).values < 1 - 1e-6).sum())
     assert mixed_rows > 20
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_training_learns_the_replayed_views_logits(tmp_path, recorded, capsys, replay):
+    train(config(tmp_path / "run", [write_soft_dataset(tmp_path / "syn", views=3)], smoothing=0.0,
+                 stored_views=replay))
+    err = capsys.readouterr().err
+    assert ("3 stored views per image" in err) == replay
+    assert "--distillation hard learns only the stored logits' argmax" in err  # the preset's hard distillation
+    offsets = [int(o) for labels, teacher in recorded for o in (teacher.argmax(-1) - labels) % 10]
+    if replay:  # every target is one of the stored views' (label + 2, 3, 4), each view drawn
+        assert set(offsets) == {2, 3, 4} and len(offsets) == 64
+    else:  # the whole image's top logit, label + 1
+        assert set(offsets) == {1}
 
 
 def test_stored_needs_a_dataset_that_stores_them(digits, tmp_path):

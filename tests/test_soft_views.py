@@ -13,10 +13,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from dfgen.shards import Sample, build_index, encode_image, image_key, write_json_atomic, write_shard
 from dfgen.soft_views import crop_views, draw_view_boxes
-from distill import build_config, train
-from distill import engine as engine_module
 from distill.pipeline import stored_view
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,54 +104,3 @@ def test_stored_views_are_the_teachers_logits_on_the_crops_distill_replays(dfgen
 def test_soft_views_need_soft_labels(dfgen_cli, tmp_path):
     code, _, err = dfgen_cli(["synthesize", *SMALL, "--soft-topk", "0", "--soft-views", "2", "--out", tmp_path / "x"])
     assert code != 0 and "--soft-views needs stored soft labels" in err
-
-
-# ------------------------------------------------------------------------------------------------ distill replays them
-def write_view_dataset(root: Path, count: int = 64, views: int = 3) -> Path:
-    """Real digits stored as "synthetic": the whole image's logits point at label + 1, view v's at label + 2 + v."""
-    from dfgen.zoo.digits import load_digits_split
-
-    split = load_digits_split()
-    pixels = (split.train_images[-count:].clamp(0, 1) * 255).round().to(torch.uint8)
-    labels = [int(v) for v in split.train_labels[-count:]]
-    (root / "shards").mkdir(parents=True)
-    sidecars = []
-    for shard in range(count // 32):
-        samples = []
-        for i in range(shard * 32, shard * 32 + 32):
-            y = labels[i]
-            meta = {"index": i, "label": y, "soft": {"index": [(y + 1) % 10], "logit": [5.0]},
-                    "soft_views": {"box": [[4 * v, 2, 20, 24, v % 2] for v in range(views)],
-                                   "index": [[(y + 2 + v) % 10] for v in range(views)],
-                                   "logit": [[5.0] for _ in range(views)]}}
-            samples.append(Sample(image_key(i), encode_image(pixels[i].numpy()), y, meta))
-        sidecars.append(write_shard(root, shard, samples, "png", {}))
-    write_json_atomic(root / "index.json", build_index(sidecars, "views"))
-    write_json_atomic(root / "dataset.json", {"kind": "synthetic", "n": count, "num_classes": 10, "in_chans": 1,
-                                              "image_size": [1, 32, 32],
-                                              "soft_labels": {"k": 1, "views": {"count": views}},
-                                              "classes": [str(c) for c in range(10)]})
-    return root
-
-
-@pytest.mark.parametrize("replay", [True, False])
-def test_training_learns_the_replayed_views_logits(tmp_path, monkeypatch, capsys, replay):
-    offsets = []  # the class offset of each distillation target from its label
-    original = engine_module.dearkd_loss
-
-    def record(outputs, target, criterion, teacher_target=None, *args, **kwargs):
-        labels = target if target.dim() == 1 else target.argmax(-1)  # class indices without mixing
-        offsets.extend(((teacher_target.argmax(-1) - labels) % 10).tolist())
-        return original(outputs, target, criterion, teacher_target, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "dearkd_loss", record)
-    data = write_view_dataset(tmp_path / "syn")
-    train(build_config(ROOT / "configs" / "distill_digits.yaml", shards=[str(data)], out=str(tmp_path / "run"),
-                       epochs=1, stage1_epochs=1, batch_size=16, warmup_epochs=1, device="cpu", workers=0, quiet=True,
-                       attn_images=0, shuffle_buffer=32, soft_labels="stored", cutmix=0.0, smoothing=0.0,
-                       stored_views=replay))
-    assert ("3 stored views per image" in capsys.readouterr().err) == replay
-    if replay:  # every target is one of the views' (offsets 2, 3, 4), each view drawn
-        assert set(offsets) == {2, 3, 4} and len(offsets) == 64
-    else:
-        assert set(offsets) == {1}
