@@ -165,6 +165,9 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     if stage1_left and stored and cfg.distillation == "hard":
         env.log("note: --distillation hard learns only the stored logits' argmax, on synthetic images almost always "
                 "the label; --distillation soft keeps what they say of the other classes")
+    if stage1_left and stored and (cfg.aa or cfg.mixing):
+        env.log("note: RandAugment, mixup and cutmix change the image but not its stored target; on small sets "
+                "stored labels teach more without them (aa: null, mixup: 0, cutmix: 0 in the config; docs/design.md)")
     if ckpt is not None:
         pairs = pairs_from_json(ckpt["pairs"])  # aligners exist in stage 2 too (their optimizer state is saved)
     aligners = make_aligners(pairs, model).to(device)

@@ -167,11 +167,13 @@ def test_stored_targets_follow_the_mixup_pairing(soft_set, tmp_path, recorded):
 
 @pytest.mark.parametrize("replay", [True, False])
 def test_training_learns_the_replayed_views_logits(tmp_path, recorded, capsys, replay):
+    augment = {} if replay else {"aa": ""}  # the preset's RandAugment, or none
     train(config(tmp_path / "run", [write_soft_dataset(tmp_path / "syn", views=3)], smoothing=0.0,
-                 stored_views=replay))
+                 stored_views=replay, **augment))
     err = capsys.readouterr().err
     assert ("3 stored views per image" in err) == replay
     assert "--distillation hard learns only the stored logits' argmax" in err  # the preset's hard distillation
+    assert ("change the image but not its stored target" in err) == replay  # RandAugment on (cutmix is off)
     offsets = [int(o) for labels, teacher in recorded for o in (teacher.argmax(-1) - labels) % 10]
     if replay:  # every target is one of the stored views' (label + 2, 3, 4), each view drawn
         assert set(offsets) == {2, 3, 4} and len(offsets) == 64
