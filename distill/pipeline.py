@@ -194,12 +194,6 @@ def parse_label(value: Any, num_classes: int) -> int:
     return label
 
 
-def stored_logits(meta: bytes | None, label: int, num_classes: int, required: bool) -> torch.Tensor:
-    """The distillation target of a sample as dense logits: its stored top-k teacher logits ("soft" in the per-image
-    JSON) with -inf elsewhere, or, for a sample without them (real data), 0 at its label and -inf elsewhere."""
-    return dense_logits(json.loads(meta).get("soft") if meta else None, label, num_classes, required)
-
-
 def stored_view(meta: dict[str, Any], image: Image.Image, rng: random.Random) -> tuple[Image.Image, dict] | None:
     """One of the sample's stored views (dfgen.soft_views), drawn by `rng` and replayed on its image: the crop
     resized back to the image's size (bilinear, as dfgen labelled it), mirrored if flagged, with its stored
@@ -226,8 +220,9 @@ def stored_view(meta: dict[str, Any], image: Image.Image, rng: random.Random) ->
 
 
 def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool) -> torch.Tensor:
-    """Stored top-k logits {"index", "logit"} as a dense vector (-inf elsewhere); without them (real data) 0 at the
-    label and -inf elsewhere, or an error where they are `required`."""
+    """The distillation target of a sample as dense logits: its stored top-k teacher logits ({"index", "logit"}: the
+    per-image JSON's "soft", or a stored view's) with -inf elsewhere, or, for a sample without them (real data), 0
+    at its label and -inf elsewhere; an error where they are `required`."""
     logits = torch.full((num_classes,), float("-inf"))
     if soft is None:
         if required:

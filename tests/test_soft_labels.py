@@ -15,7 +15,7 @@ from dfgen.shards import Sample, build_index, encode_image, image_key, write_jso
 from distill import DistillError, build_config, train
 from distill import engine as engine_module
 from distill.losses import PairedMixup, distillation_loss, distillation_target, mix_targets
-from distill.pipeline import stored_logits
+from distill.pipeline import dense_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED = [4.0, 2.0, 1.0]  # the stored top-3 logits of every synthetic test image, at label+1, label+2, label+3
@@ -121,13 +121,15 @@ def test_paired_mixup_mixes_other_targets_like_the_images(kind):
 
 
 def test_stored_logits_decoding():
-    meta = json.dumps({"soft": {"index": [2, 0], "logit": [1.5, -0.5]}}).encode()
-    assert stored_logits(meta, 1, 4, required=True).tolist() == [-0.5, float("-inf"), 1.5, float("-inf")]
-    assert stored_logits(b'{"index": 3}', 1, 4, required=False).tolist() == [float("-inf"), 0.0] + [float("-inf")] * 2
+    assert dense_logits({"index": [2, 0], "logit": [1.5, -0.5]}, 1, 4, required=True).tolist() == [
+        -0.5, float("-inf"), 1.5, float("-inf")]
+    assert dense_logits(None, 1, 4, required=False).tolist() == [float("-inf"), 0.0] + [float("-inf")] * 2
     with pytest.raises(ValueError, match="no stored soft labels"):
-        stored_logits(b'{"index": 3}', 1, 4, required=True)
+        dense_logits(None, 1, 4, required=True)
     with pytest.raises(ValueError, match="index outside 0..3"):
-        stored_logits(json.dumps({"soft": {"index": [4], "logit": [1.0]}}).encode(), 1, 4, required=True)
+        dense_logits({"index": [4], "logit": [1.0]}, 1, 4, required=True)
+    with pytest.raises(ValueError, match="malformed"):
+        dense_logits({"index": [1, 2], "logit": [1.0]}, 1, 4, required=True)
 
 
 # ------------------------------------------------------------------------------------------------ training
