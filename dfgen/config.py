@@ -357,6 +357,9 @@ class SynthesisConfig:
         for name in OPTIONAL_CONTENT_FIELDS:
             if data.get(name) in (None, False):
                 data.pop(name, None)
+        if not self.soft_views:  # no views, no entries: directories made before the option keep their fingerprint
+            data.pop("soft_views")
+            data.pop("soft_view_min_scale")
         if data["schedule"] is not None:
             data["schedule"] = format_schedule(data["schedule"])
         if self.format == "png":

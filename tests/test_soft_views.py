@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
+import dfgen
 from dfgen.soft_views import crop_views, draw_view_boxes
 from distill.pipeline import stored_view
 
@@ -99,6 +100,15 @@ def test_stored_views_are_the_teachers_logits_on_the_crops_distill_replays(dfgen
             assert (torch.from_numpy(np.array(replayed)).float() / 255 - crop[0]).abs().max() <= 1.01 / 255
             partial += meta["soft_views"]["box"][v][2] < 32
     assert partial > 10  # most views are real crops, not the whole image
+
+
+def test_views_enter_the_content_only_when_stored():
+    plain = dfgen.build_config(None).content_fields()  # directories made before the option keep their fingerprint
+    assert "soft_views" not in plain and "soft_view_min_scale" not in plain
+    assert dfgen.build_config(None, soft_view_min_scale=0.5).content_fields() == plain  # no views: no effect
+    views = dfgen.build_config(None, soft_views=4, soft_view_min_scale=0.5).content_fields()
+    assert views["soft_views"] == 4 and views["soft_view_min_scale"] == 0.5
+    assert views != dfgen.build_config(None, soft_views=4).content_fields()
 
 
 def test_soft_views_need_soft_labels(dfgen_cli, tmp_path):
