@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
                                 out / f"run_dearkd_{row}_{key}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
-                if args.stored_soft_labels and key in args.variant_teachers:  # no teacher: no hidden loss
+                if stored_rows and key in args.variant_teachers:  # no teacher: no hidden loss
                     name = f"dearkd_stored-{STORED_KEY}_{key}"  # the recipe in the name: a new one is a new row
                     jobs.submit(name, cached, results / f"{name}.json", distill_job, out / f"run_{name}",
                                 TEACHERS[key]["data"], path, data["test"], path, None, args.toy, "stored")
