@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a file: the repository root makes `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jobs import Jobs  # noqa: E402
-from benchmarks.published import SMALL_SET_DISTILL, cached, same_steps  # noqa: E402
+from benchmarks.published import SMALL_SET_DISTILL, SOFT_KEY, SOFT_TARGETS, cached, same_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ROOT / "benchmarks" / "small_nets.py"
@@ -71,9 +71,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the u
 STORED_VIEWS = {"soft_views": 16, "soft_view_min_scale": 0.6}
 # the teacher-free rows' recipe: soft distillation (a hard target is the stored argmax, almost always the label) and no
 # RandAugment or cutmix (they change the image, not its stored target): on 500 digits 79.8% against 28.7% under the
-# preset's hard distillation, RandAugment and cutmix (docs/design.md)
-STORED_RECIPE = {"distillation": "soft", "distill_tau": 4.0, "aa": "", "cutmix": 0.0}
-STORED_KEY = "soft4-noaa-nocutmix"
+# preset's hard distillation, RandAugment and cutmix (docs/design.md); published.py's DearKD rows use it online too
+STORED_RECIPE, STORED_KEY = SOFT_TARGETS, SOFT_KEY
 TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
 
