@@ -55,9 +55,11 @@ TEACHERS: dict[str, dict[str, Any]] = {
     "lenet5_bn_mnist": {"data": "mnist", "factory": "lenet5_bn", "epochs": 8},
     "vgg_bn_mnist": {"data": "mnist", "factory": "vgg_bn_small", "epochs": 5},
 }
-DISTILL = {  # DearKD micro for ~1,000 images: the digits preset's small-batch recipe at the data's own size
-    "digits": (ROOT / "configs" / "distill_digits.yaml", {}),
-    "mnist": (ROOT / "configs" / "distill_mnist.yaml", SMALL_SET_DISTILL),
+# DearKD micro for ~1,000 images: the digits preset's small-batch recipe at the data's own size (MNIST: soft
+# distillation without RandAugment or cutmix), and the recipe's tag in its row files (a new recipe is a new row)
+DISTILL = {
+    "digits": (ROOT / "configs" / "distill_digits.yaml", {}, ""),
+    "mnist": (ROOT / "configs" / "distill_mnist.yaml", SMALL_SET_DISTILL, f"-{SOFT_KEY}"),
 }
 VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the user's minimum
     "before": {"form": "paper", "flip": True, "ep_reach": 0.3, "margin": 0.5},
@@ -165,7 +167,7 @@ def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
     import distill
 
     start = time.perf_counter()
-    preset, overrides = DISTILL[data]
+    preset, overrides, _ = DISTILL[data]
     recipe = STORED_RECIPE if soft_labels == "stored" else {}
     overrides = {**overrides, **recipe, **(TOY["distill"] if toy else {}), "soft_labels": soft_labels}
     config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
@@ -218,8 +220,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         data["train"], data["test"], kd_steps)
             if not args.no_dearkd:
                 for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
-                    jobs.submit(f"dearkd_{row}_{key}", cached, results / f"dearkd_{row}_{key}.json", distill_job,
-                                out / f"run_dearkd_{row}_{key}", TEACHERS[key]["data"], train, data["test"], path,
+                    tagged = f"dearkd_{row}_{key}{DISTILL[TEACHERS[key]['data']][2]}"
+                    jobs.submit(f"dearkd_{row}_{key}", cached, results / f"{tagged}.json", distill_job,
+                                out / f"run_{tagged}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
                 if stored_rows and key in args.variant_teachers:  # no teacher: no hidden loss
                     name = f"dearkd_stored-{STORED_KEY}_{key}"  # the recipe in the name: a new one is a new row
