@@ -62,7 +62,7 @@ SETTINGS = {  # teacher, its training epochs, synthetic images (the papers' 24,0
 # the 1,000 boundary images of --standard: 700 steps 91.6% without cutmix / 94.4% with, 2,100 steps 94.3% / 96.7%,
 # 7,000 steps 94.5% / 98.05%, 98.26% with the affine warps on top (docs/design.md).
 # Run sizes: --toy runs the path for tests; --quick is for development (MNIST, teacher, judge and real splits cached:
-# 1,060 s on 2 shared cores, ~9 min with --no-dearkd); --standard gives the README's rows; the default is the
+# 422 s on 2 quiet cores, 1,060 s on shared ones); --standard gives the README's rows; the default is the
 # papers' 24,000 images (MNIST with --no-dearkd: 7,756 s, of which synthesis 6,679 s; DearKD on 24,000 is a GPU job).
 TOY = {"n": 20, "kd_steps": 2, "distill_epochs": 1, "teacher_epochs": 1, "limit": 300, "iterations": 2}
 QUICK = {"n": 500, "iterations": 100, "kd_steps": 2500, "distill_epochs": 10}
@@ -347,8 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()  # one value, args.size: a key of MODES
     parser.set_defaults(size="full")
     size.add_argument("--quick", dest="size", action="store_const", const="quick",
-                      help="development: 500 images of 300 iterations, 2,500 KD steps (~18 min on 2 cores once the "
-                           "teacher and real data are cached; ~9 with --no-dearkd)")
+                      help="development: 500 images of 300 iterations, 2,500 KD steps (7 min on 2 quiet cores once "
+                           "the teacher and real data are cached, 18 on shared ones)")
     size.add_argument("--standard", dest="size", action="store_const", const="standard",
                       help="the README's rows: 1,000 images of the default schedule, 7,000 KD steps")
     size.add_argument("--toy", dest="size", action="store_const", const="toy",
