@@ -251,8 +251,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in DATA_KEYS if "dearkd_micro" in student_names else ():
             steps_like = n if key in REAL_KEYS else None
             jobs.submit(f"dearkd_micro_{key}", cached, results / f"dearkd_micro_{key}-{distill_key}.json", distill_job,
-                        out / f"run_dearkd_{key}", train[key], real["test"], synthetic["boundary"]["path"],
-                        settings["distill_epochs"], steps_like)
+                        out / f"run_dearkd_{key}-{distill_key}", train[key], real["test"],
+                        synthetic["boundary"]["path"], settings["distill_epochs"], steps_like)
         judge = jobs.result("judge")
         jobs.submit("report", cached, results / "report.json", report_job, out / "report",
                     [synthetic["boundary"]["path"], synthetic["plain"]["path"]], judge)

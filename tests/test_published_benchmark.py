@@ -48,7 +48,9 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
         assert all(0 <= acc <= 1 for acc in row.values())
     assert (tmp_path / DATASET / "toy" / "results" / f"lenet5_half_real_kd-{published.REAL_RECIPE}2.json").is_file()
     # DearKD micro's small-set recipe: soft distillation without RandAugment or cutmix, keyed in its row files
-    dearkd = json.loads((tmp_path / DATASET / "toy" / "run_dearkd_boundary" / "config.json").read_text())
+    # (its run directory too: a run of the earlier recipe is never resumed as this one)
+    run_dir = tmp_path / DATASET / "toy" / f"run_dearkd_boundary-e1-{published.SOFT_KEY}"
+    dearkd = json.loads((run_dir / "config.json").read_text())
     assert (dearkd["distillation"], dearkd["distill_tau"], dearkd["aa"], dearkd["cutmix"]) == ("soft", 4.0, "", 0.0)
     assert (tmp_path / DATASET / "toy" / "results" / f"dearkd_micro_boundary-e1-{published.SOFT_KEY}.json").is_file()
     for key in ("agreement", "diversity", "judge_diversity", "judge_top1"):
