@@ -240,7 +240,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             synthetic[key] = jobs.result(f"synthesize_{key}")
             train[key] = synthetic[key]["path"]
         kd_steps = args.kd_steps or settings["kd_steps"]  # every row the same budget; the file names key the recipes
-        kd_key, distill_key = f"{KD_RECIPE}{kd_steps}", f"e{settings['distill_epochs']}-{SOFT_KEY}"
+        # the soft recipe only where the small-set recipe applies; the 24,000-image default runs the preset as it is
+        distill_key = f"e{settings['distill_epochs']}" + (f"-{SOFT_KEY}" if settings["distill_epochs"] else "")
+        kd_key = f"{KD_RECIPE}{kd_steps}"
         for key in DATA_KEYS:
             jobs.submit(f"lenet5_half_{key}", cached, results / f"lenet5_half_{key}-{kd_key}.json", kd_job,
                         teacher, train[key], real["test"], kd_steps)

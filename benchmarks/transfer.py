@@ -73,8 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the u
 STORED_VIEWS = {"soft_views": 16, "soft_view_min_scale": 0.6}
 # the teacher-free rows' recipe: soft distillation (a hard target is the stored argmax, almost always the label) and no
 # RandAugment or cutmix (they change the image, not its stored target): on 500 digits 79.8% against 28.7% under the
-# preset's hard distillation, RandAugment and cutmix (docs/design.md); published.py's DearKD rows use it online too
-STORED_RECIPE, STORED_KEY = SOFT_TARGETS, SOFT_KEY
+# preset's hard distillation, RandAugment and cutmix (docs/design.md): published.py's SOFT_TARGETS, which its DearKD
+# rows use online too
 TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
 
@@ -163,12 +163,12 @@ def kd_job(teacher: dict[str, Any], train: str, test: str, steps: int) -> dict[s
 def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
                 steps_like: int | None = None, toy: bool = False, soft_labels: str = "online") -> dict[str, Any]:
     """DearKD micro through `distill run`, the teacher the synthetic set records (for the real row too); with
-    stored soft labels under STORED_RECIPE."""
+    stored soft labels under SOFT_TARGETS."""
     import distill
 
     start = time.perf_counter()
     preset, overrides, _ = DISTILL[data]
-    recipe = STORED_RECIPE if soft_labels == "stored" else {}
+    recipe = SOFT_TARGETS if soft_labels == "stored" else {}
     overrides = {**overrides, **recipe, **(TOY["distill"] if toy else {}), "soft_labels": soft_labels}
     config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
                                   resume=True, **overrides)
@@ -219,16 +219,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}-{kd}.json", kd_job, teacher[key],
                         data["train"], data["test"], kd_steps)
             if not args.no_dearkd:
+                tag = DISTILL[TEACHERS[key]["data"]][2]
                 for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
-                    tagged = f"dearkd_{row}_{key}{DISTILL[TEACHERS[key]['data']][2]}"
+                    tagged = f"dearkd_{row}_{key}{tag}"
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"{tagged}.json", distill_job,
                                 out / f"run_{tagged}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
                 if stored_rows and key in args.variant_teachers:  # no teacher: no hidden loss
-                    name = f"dearkd_stored-{STORED_KEY}_{key}"  # the recipe in the name: a new one is a new row
+                    name = f"dearkd_stored-{SOFT_KEY}_{key}"  # the recipe in the name: a new one is a new row
                     jobs.submit(name, cached, results / f"{name}.json", distill_job, out / f"run_{name}",
                                 TEACHERS[key]["data"], path, data["test"], path, None, args.toy, "stored")
-                    views, name = jobs.result(f"synthesize_views_{key}")["path"], f"dearkd_views-{STORED_KEY}_{key}"
+                    views, name = jobs.result(f"synthesize_views_{key}")["path"], f"dearkd_views-{SOFT_KEY}_{key}"
                     jobs.submit(name, cached, results / f"{name}.json", distill_job, out / f"run_{name}",
                                 TEACHERS[key]["data"], views, data["test"], views, None, args.toy, "stored")
         for key in teachers:
@@ -245,13 +246,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cells["dearkd_micro"] = {"synthetic": jobs.result(f"dearkd_syn_{key}")["acc"],
                                          "real": jobs.result(f"dearkd_real_{key}")["acc"]}
             if stored_rows and key in args.variant_teachers:
-                stored, online = jobs.result(f"dearkd_stored-{STORED_KEY}_{key}"), jobs.result(f"dearkd_syn_{key}")
-                views = jobs.result(f"dearkd_views-{STORED_KEY}_{key}")
+                stored, online = jobs.result(f"dearkd_stored-{SOFT_KEY}_{key}"), jobs.result(f"dearkd_syn_{key}")
+                views = jobs.result(f"dearkd_views-{SOFT_KEY}_{key}")
                 cells["dearkd_micro"]["synthetic_stored_soft_labels"] = stored["acc"]
                 cells["dearkd_micro"]["synthetic_stored_views"] = views["acc"]
                 cells["dearkd_micro"]["seconds_online_vs_stored"] = [online["seconds"], stored["seconds"],
                                                                      views["seconds"]]
-                cells["dearkd_micro"]["stored_recipe"] = STORED_RECIPE
+                cells["dearkd_micro"]["stored_recipe"] = SOFT_TARGETS
             for cell in cells.values():
                 cell["ratio"] = round(cell["synthetic"] / max(cell["real"], 1e-9), 4)
             derived = syn["derived"] or {}
