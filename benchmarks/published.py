@@ -64,7 +64,7 @@ SETTINGS = {  # teacher, its training epochs, synthetic images (the papers' 24,0
 # Run sizes: --toy runs the path for tests; --quick is for development (MNIST, teacher, judge and real splits cached:
 # 422 s on 2 quiet cores, 1,060 s on shared ones); --standard gives the README's rows; the default is the
 # papers' 24,000 images (with --no-dearkd: MNIST 7,756 s, of which synthesis 6,679 s; Fashion-MNIST 6,863 s from
-# nothing cached, synthesis 5,864 s; DearKD on 24,000 is hours per row here, a GPU job).
+# nothing cached, synthesis 5,864 s; each DearKD row on 24,000 images ~30 min more, 142 s an epoch two side by side).
 TOY = {"n": 20, "kd_steps": 2, "distill_epochs": 1, "teacher_epochs": 1, "limit": 300, "iterations": 2}
 QUICK = {"n": 500, "iterations": 100, "kd_steps": 2500, "distill_epochs": 10}
 STANDARD = {"n": 1000, "kd_steps": 7000, "distill_epochs": 40}
