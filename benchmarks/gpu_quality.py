@@ -1,4 +1,4 @@
-"""Quality of the fast path on a GPU (issue 18): the same batch (labels and seed of a real run's first batch)
+"""Quality of the fast path on a GPU: the same batch (labels and seed of a real run's first batch)
 inverted from a real ImageNet teacher, EfficientNet-Lite0 loaded through dfgen as a user's model file with
 --teacher-weights (benchmarks/efficientnet_lite0.py), once in plain fp32 without channels_last and once in bf16 with
 channels_last (what `dfgen synthesize` runs on CUDA), with the run's settings (the default normalized objective,

@@ -1,4 +1,4 @@
-"""Synthesis speed on one GPU (SPEC section 6.3, issue 18): the ImageNet preset (configs/imagenet_regnety16gf.yaml:
+"""Synthesis speed on one GPU: the ImageNet preset (configs/imagenet_regnety16gf.yaml:
 its loss weights, jitter, lr and the paper schedule 112:2000,224:2000) on a teacher with random weights (the cost
 does not depend on them), bf16 and channels_last as `dfgen synthesize` runs on CUDA.
 

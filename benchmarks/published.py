@@ -1,4 +1,4 @@
-"""The published data-free benchmarks (SPEC section 6.4): MNIST and Fashion-MNIST, against the papers' figures.
+"""The published data-free benchmarks: MNIST and Fashion-MNIST, against the papers' figures.
 
     python benchmarks/published.py --dataset mnist [--quick | --standard] [--kd-steps N] [--adi K]
         [--out bench_out/published]

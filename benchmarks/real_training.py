@@ -1,5 +1,5 @@
 """Teachers trained on real MNIST / Fashion-MNIST for the published and transfer benchmarks, cached by a hash of
-their recipe, and the helpers the KD students share (factories, normalization, shifts, evaluation).
+their recipe, and the functions the KD students share (factories, normalization, shifts, evaluation).
 
 Teacher recipe (`train_teacher`): SGD (Nesterov momentum 0.9, weight decay 5e-4) at batch 256 under torch's
 one-cycle schedule (15% warm-up to `lr`, cosine to ~0, momentum cycled), cross-entropy, random shifts of up to

@@ -3,7 +3,7 @@
 Synthesizes two digits datasets from the bundled teacher with the same seed and budget, one with the
 diversity losses (default weights) and one plain DeepInversion (--no-diversity), runs `dfgen report` on
 both, and prints one JSON object on its last line with LPIPS, feature diversity and teacher agreement
-of each. Targets (SPEC section 6.1): agreement >= 0.9 for both, LPIPS and feature diversity higher with
+of each. Targets: agreement >= 0.9 for both, LPIPS and feature diversity higher with
 the diversity losses.
 
     python benchmarks/report_diversity.py --out bench_out/report_diversity [--n 500]

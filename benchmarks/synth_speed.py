@@ -1,4 +1,4 @@
-"""Synthesis speed (SPEC section 6.2): the engine's inner optimisation against a naive reference loop
+"""Synthesis speed: the engine's inner optimisation against a naive reference loop
 with the public reference implementation's pattern (fp32, teacher parameters left requiring grad, no
 channels_last, two-pass BN statistics, a host sync every iteration), same teacher, batch, resolution
 and iteration count, interleaved in one run. Prints one JSON line last.

@@ -1,4 +1,4 @@
-"""The transfer matrix (issue 15): does the tool's data teach a student of another architecture, for teachers
+"""The transfer matrix: does the tool's data teach a student of another architecture, for teachers
 nobody tuned for, with the defaults alone?
 
     python benchmarks/transfer.py [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
@@ -8,7 +8,7 @@ recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's
 `--teacher`, its weights, image size and normalization (no schedule, no loss weights, no flip setting):
 
     digits_cnn       the bundled digits CNN (32x32 scikit-learn digits)       `--teacher digits`
-    resnet18_digits  a ResNet-18-style net on the same digits (issue 20's user teacher)
+    resnet18_digits  a ResNet-18-style net on the same digits (a user's own teacher)
     lenet5_bn_mnist  LeNet-5 with BatchNorm on MNIST (28x28; a fixed-size teacher)
     vgg_bn_mnist     a VGG-style net with BatchNorm and a flatten-and-Linear head on MNIST (fixed size)
 
