@@ -1,4 +1,4 @@
-"""The inversion objective's weights (SPEC section 2): the paper's form and the normalized default, the
+"""The inversion objective's weights: the paper's form and the normalized default, the
 competition weight, and what of them enters a configuration's content."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from dfgen.errors import DfgenError
 
 AUTO = "auto"  # a value derived from the teacher at start-up (dfgen.calibration): see docs/design.md
-# The paper's objective (SPEC section 2): sums whose size depends on the teacher, the batch and the image size.
+# The paper's objective: sums whose size depends on the teacher, the batch and the image size.
 PAPER_WEIGHTS = {"tv_l2": 1e-4, "tv_l1": 0.0, "l2": 1e-5, "bn": 5e-2, "first_bn_multiplier": 10.0, "ep": 50.0,
                  "triplet": 0.5}
 # The normalized objective (the default): BN term relative to its value on noise, priors per element. The priors'
@@ -27,7 +27,7 @@ COMPETITION = 10.0  # the competition weight with a competitor: the one value me
 
 @dataclass
 class LossWeights:
-    """DF-DearKD objective weights (SPEC section 2). `form` "paper" is the paper's objective with its weights;
+    """DF-DearKD objective weights. `form` "paper" is the paper's objective with its weights;
     the default "normalized" form makes one set of weights mean the same for any teacher, batch and image size
     (docs/design.md gives the mapping). A weight left at None takes its form's default."""
 

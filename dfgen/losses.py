@@ -1,4 +1,4 @@
-"""The terms of the DF-DearKD inversion objective (SPEC section 2), as small pure functions."""
+"""The terms of the DF-DearKD inversion objective, as small pure functions."""
 
 from __future__ import annotations
 

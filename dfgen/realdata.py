@@ -1,4 +1,4 @@
-"""Real image sets in the SPEC section 3 format, the reference side of every benchmark: the same
+"""Real image sets in dfgen's dataset format, the reference side of every benchmark: the same
 shards, index and dataset.json as a synthetic set, with `"kind": "real"`. Writing streams (one shard's raw
 pixels in memory at a time, PNGs encoded as the tar is written); `read_image_dataset` reads any such set back."""
 

@@ -1,4 +1,4 @@
-"""The output format (SPEC section 3): deterministic WebDataset tar shards written atomically, a
+"""The on-disk dataset format: deterministic WebDataset tar shards written atomically, a
 sidecar stats file per shard, the wids shard index, and the checks that say whether a shard is done."""
 
 from __future__ import annotations

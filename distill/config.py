@@ -1,6 +1,6 @@
 """Training configuration of `distill run`: one dataclass, YAML presets (configs/distill_*.yaml), CLI overrides.
 
-Defaults are the DeiT / DearKD ImageNet recipe (SPEC section 5); the digits preset overrides what does not fit
+Defaults are the DeiT / DearKD ImageNet recipe; the digits preset overrides what does not fit
 32x32 greyscale digits.
 """
 

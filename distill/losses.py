@@ -1,4 +1,4 @@
-"""The DearKD training loss (SPEC section 5).
+"""The DearKD training loss.
 
 Stage 1:  1/2 CE(class head, y) + 1/2 D(distillation head, teacher) + beta * mean_pairs MSE(aligner(tokens), teacher
           map), y may be a mixup/cutmix soft target. D is DeiT's hard distillation, CE against the teacher's argmax

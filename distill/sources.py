@@ -1,7 +1,7 @@
 """Opening the data `distill` reads: what a `--shards` / `--val` argument names, validated and described.
 
 A source is one of
-- a dfgen dataset: a directory with dataset.json + index.json + shards/*.tar (SPEC section 3);
+- a dfgen dataset: a directory with dataset.json + index.json + shards/*.tar, as dfgen writes it;
 - plain WebDataset shards: a brace pattern (`train-{000000..001281}.tar`), a `::`-separated list, one .tar file, or a
   directory of .tar files without dataset.json; `--num-classes` and the image / label keys say how to read them;
 - an ImageFolder tree: one sub-directory of images per class (sorted names = class indices, ImageNet's train layout);

@@ -1,5 +1,5 @@
 """The teacher side of stage 1: its logits and intermediate stage maps from one forward pass, and which student
-block is aligned with which teacher stage (SPEC section 5, "Aligner").
+block is aligned with which teacher stage (the Aligner's targets).
 
 Stages are the teacher's `feature_info` modules (timm models and the bundled digits CNN describe them), or, for
 models without it (torchvision), its top-level children that output a 4-D map. Maps are taken with forward hooks,

@@ -1,4 +1,4 @@
-"""`distill.train(config)`: two-stage DearKD training (SPEC section 5) with DDP, checkpoints and exact resume.
+"""`distill.train(config)`: two-stage DearKD training with DDP, checkpoints and exact resume.
 
 Stage 1 (epochs [0, stage1_epochs)): DeiT distillation (hard or soft) from the CNN teacher, online or from the soft
 labels dfgen stored, plus the hidden loss through the aligners (online only). Stage 2: the teacher is dropped and

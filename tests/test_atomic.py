@@ -1,4 +1,4 @@
-"""dfgen.atomic: one atomic writer for dfgen's shards, JSON files and report (issue 17, item 2)."""
+"""dfgen.atomic: one atomic writer for dfgen's shards, JSON files and report."""
 
 import json
 import os

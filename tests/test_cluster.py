@@ -1,4 +1,4 @@
-"""dfgen on a real cluster (issue 17): ranks from the environment, the execution in the dataset's identity, one-line
+"""dfgen on a real cluster: ranks from the environment, the execution in the dataset's identity, one-line
 errors for OOM and teachers without BN statistics, batch-layout near misses, antialiased output, the ep-reach
 equivalences, the report checking data before networks, and an honest --dry-run estimate."""
 

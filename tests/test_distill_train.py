@@ -1,4 +1,4 @@
-"""distill.train: the two stages, the hidden loss, exact resume, and bad input (SPEC sections 5 and 7).
+"""distill.train: the two stages, the hidden loss, exact resume, and bad input.
 
 Tiny runs: dearkd_micro_patch4_32 on 64 real digits (2 shards) at batch 16, CPU, fp32."""
 

@@ -1,4 +1,4 @@
-"""Synthesis over several processes: torchrun, hand-started ranks, a killed rank (SPEC section 8)."""
+"""Synthesis over several processes: torchrun, hand-started ranks, a killed rank."""
 
 import os
 import shutil

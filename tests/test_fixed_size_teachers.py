@@ -1,4 +1,4 @@
-"""Teachers that only accept their training size (issue: a LeNet-5 and a CIFAR-style flatten-and-Linear head):
+"""Teachers that only accept their training size (a LeNet-5 and a CIFAR-style flatten-and-Linear head):
 resolutions are probed before synthesis, multi-resolution runs in "upsample" mode, and a failure in the teacher's
 forward pass is one line naming the stage, size and layer. Random weights: only the path matters here."""
 

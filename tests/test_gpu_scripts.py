@@ -142,7 +142,7 @@ output       /tmp/out"""
 def test_dry_run_text_is_read_for_its_estimate():
     assert gpu_dry_run.parse_estimate(DRY_RUN_TEXT) == {"estimated_s": 180.0, "estimated_images_per_s": 2.84,
                                                         "rank0_images": 512}
-    # the wording of issue 17's dry run: the same numbers are found
+    # an older wording of the dry run's time line: the same numbers are found
     text = DRY_RUN_TEXT.replace("time         ~3 min for the busiest rank at 2.84 images/s per process",
                                 "time         ~45 s for the busiest rank (4 batches at ~11.2 s), 11.4 images/s per "
                                 "process")

@@ -42,13 +42,13 @@ def test_schedule_figures_by_hand():
     f = schedule_figures(100, [(112, 2000), (224, 2000)], [0.05, 0.2], 1.0, [16e9, 64e9], 1000.0)
     assert f["seconds_per_batch"] == pytest.approx(501.0)
     assert f["images_per_s"] == pytest.approx(100 / 501)
-    assert f["flop_per_image"] == pytest.approx(1.6e14)  # SPEC 6.3's RegNetY-16GF figure
+    assert f["flop_per_image"] == pytest.approx(1.6e14)  # RegNetY-16GF's figure at 224 px
     assert f["achieved_tflops"] == pytest.approx(100 / 501 * 160)
     assert f["mfu"] == pytest.approx(100 / 501 * 160 / 1000)
     assert f["stage_tflops"] == pytest.approx([32.0, 32.0])
     assert f["gpu_hours_per_1_2m_images"] == pytest.approx(1.2e6 * 5.01 / 3600)
     assert schedule_figures(100, [(112, 2000), (224, 2000)], [0.05, 0.2], 1.0, [16e9, 64e9], None)["mfu"] is None
-    # the issue's target: 35% of an H200's 989.5 TFLOP/s at 1.6e14 FLOP an image is 2.16 images/s
+    # the speed target: 35% of an H200's 989.5 TFLOP/s at 1.6e14 FLOP an image is 2.16 images/s
     at_target = schedule_figures(1, [(224, 1)], [1.6e14 / (0.35 * 989.5e12)], 0.0, [1.6e14], 989.5)
     assert at_target["images_per_s"] == pytest.approx(2.165, abs=1e-3) and at_target["mfu"] == pytest.approx(0.35)
     with pytest.raises(ValueError):

@@ -1,4 +1,4 @@
-"""Each inversion loss against hand-computed values (SPEC section 2)."""
+"""Each inversion loss against hand-computed values."""
 
 import math
 

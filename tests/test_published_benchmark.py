@@ -1,5 +1,5 @@
 """The published benchmark's whole path at toy size (benchmarks/published.py --toy: 300 real images of each split,
-20 synthetic images of 2 iterations a stage, one-epoch students): the last JSON line carries what issue 14 asks,
+20 synthetic images of 2 iterations a stage, one-epoch students): the last JSON line carries every row's figures,
 and a second run is served from the phase cache. Skipped when neither real source is on this machine."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""dfgen report (SPEC sections 1.3 and 7): pair sampler, aggregation, reservoir sampling, the report
+"""dfgen report: pair sampler, aggregation, reservoir sampling, the report
 files, teacher agreement plumbing, offline LPIPS errors, bad shards, and the page in headless Chromium.
 
 LPIPS here runs with a *random-weight* SqueezeNet backbone file placed in a temporary

@@ -1,4 +1,4 @@
-"""`dfgen report --judge`: diversity and top-1 in a network that synthesis did not use (issue: the teacher-feature
+"""`dfgen report --judge`: diversity and top-1 in a network that synthesis did not use (the teacher-feature
 diversity is measured in the embedding the diversity loss optimises, so it can be gamed)."""
 
 import json

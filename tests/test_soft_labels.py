@@ -1,4 +1,4 @@
-"""Distillation targets: soft distillation, mixup/cutmix pairing, and the soft labels dfgen stores (issue 15 item 3):
+"""Distillation targets: soft distillation, mixup/cutmix pairing, and the soft labels dfgen stores:
 `--soft-labels stored` trains stage 1 from the stored top-k logits without loading the teacher, or from the
 stored views it replays (dfgen --soft-views)."""
 

@@ -1,4 +1,4 @@
-"""Soft labels for K stored views of each image (issue 15 item 3, FKD-style): dfgen stores the teacher's logits on
+"""Soft labels for K stored views of each image (FKD-style): dfgen stores the teacher's logits on
 random-resized crops with their boxes, and `distill run --soft-labels stored` replays exactly those crops."""
 
 import io

@@ -1,4 +1,5 @@
-"""dfgen synthesize end to end on the bundled digits teacher (SPEC sections 2, 3 and 7)."""
+"""dfgen synthesize end to end on the bundled digits teacher: inversion quality, the output format, byte-identical
+reruns and resume, and one-line refusals of bad input."""
 
 import io
 import json

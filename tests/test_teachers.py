@@ -1,4 +1,4 @@
-"""Teacher resolution, safe checkpoint loading and clear refusals (SPEC sections 4 and 7)."""
+"""Teacher resolution, safe checkpoint loading and clear refusals."""
 
 import pytest
 import timm

@@ -7,7 +7,7 @@ Python API::
     report = make_report([Path("out/div"), Path("out/plain")], Path("report/"), lpips_net="alex")
     report["datasets"][0]["lpips_intra_class"]["mean"]
 
-What is measured per dataset (SPEC section 1.3):
+What is measured per dataset:
 
 - ``lpips_intra_class``: {"mean", "per_class"}; per class the mean LPIPS distance over
   ``pairs_per_class`` distinct same-class pairs drawn (seeded) from the class's sample; "mean" is the

@@ -1,4 +1,4 @@
-"""Small text helpers the teacher errors share: the first line of an exception, the first few keys of a list,
+"""Small text functions the teacher errors share: the first line of an exception, the first few keys of a list,
 a tensor's shape."""
 
 from __future__ import annotations

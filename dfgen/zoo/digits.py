@@ -155,7 +155,7 @@ class DigitsNet(nn.Module):
             "first_conv": "stage1.0.conv",
             "classifier": "fc",
         }
-        self.default_cfg = self.pretrained_cfg  # older timm helpers read this name
+        self.default_cfg = self.pretrained_cfg  # older timm versions read this name
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized (N, 1, 32, 32) input -> last feature map (N, 128, 8, 8)."""

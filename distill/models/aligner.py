@@ -1,4 +1,4 @@
-"""Aligner for early hidden distillation (SPEC section 5)."""
+"""Aligner for early hidden distillation: maps student tokens to a teacher stage map."""
 
 from __future__ import annotations
 
