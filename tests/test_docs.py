@@ -19,10 +19,9 @@ TEXT_NAMES = {"Makefile", "Dockerfile"}
 
 
 def tracked_files() -> list[Path]:
-    """The repository's files as git knows them (tracked or added), or every file when git is not available."""
+    """The repository's files as git tracks them, or every file when git is not available."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         return sorted({ROOT / line for line in out.splitlines() if line and (ROOT / line).is_file()})
     except (OSError, subprocess.CalledProcessError):
         return sorted(p for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts)
@@ -53,7 +52,7 @@ PROCESS_WORDS = [  # the longer pattern first: a text one of them matched is not
     (re.compile(rf"\b{_S}\b"), "a reference to a document outside the repository"),  # upper case only: not `spec`
     (re.compile(rf"\(?\b{_I}s?\s*#?\d+", re.I), "a tracker number"),
     (re.compile(rf"\b{_I}'s\b|\({_I}\b|\b{_I} notes\b", re.I), "a tracker reference"),
-    (re.compile(r"(?<![\w&])#\d+\b(?!;)(?![0-9a-fA-F])"), "a tracker number"),
+    (re.compile(r"(?:^|(?<=[\s(\[]))#\d+\b(?![\w;])"), "a tracker number"),  # not a colour (color:#222)
     (re.compile(r"\b" + "ses" + r"sions?\b", re.I), "the making of the project"),
     (re.compile(r"\b" + "le" + r"nt\b", re.I), "the making of the project"),
     (re.compile(r"\b" + "hel" + r"pers?\b", re.I), "the making of the project (say what the code is)"),
@@ -88,7 +87,7 @@ def test_process_word_patterns_hit_and_miss():
     assert hits("no GPU was " + "le" + "nt to the " + "ses" + "sion") != []
     # ordinary words and code stay clean
     assert hits("inspect the specific teacher spec; importlib.util.spec_from_file_location") == []
-    assert hits("color:#222;background:#fff; @pytest.fixture(scope=\"" + "ses" + "sion\")") == []
+    assert hits("color:#222;background:#fff}a{color:#555} @pytest.fixture(scope=\"" + "ses" + "sion\")") == []
     assert hits("a silent, excellent, relentless talent; no issues found") == []
 
 
