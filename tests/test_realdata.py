@@ -107,6 +107,16 @@ def test_fashion_loader_reads_a_directory_and_names_the_package_when_missing(tin
     monkeypatch.setenv("DFGEN_FASHION_MNIST", str(tmp_path / "nowhere"))
     with pytest.raises(DfgenError, match="apt-get install -y dataset-fashion-mnist"):
         load_real("fashion_mnist", "train")
+    # a directory given as an argument wins over the environment, and is what dataset.json records
+    given, _ = load_real("fashion-mnist", "test", fashion=tmp_path / "fashion")
+    assert torch.equal(given, images)
+    assert real_sources.source_description("fmnist", tmp_path / "fashion")["directory"] == str(tmp_path / "fashion")
+    assert real_sources.source_description("fmnist")["directory"] == str(tmp_path / "nowhere")
+    monkeypatch.delenv("DFGEN_FASHION_MNIST")
+    assert real_sources.fashion_dir() == real_sources.FASHION_DIR  # the Debian package's directory by default
+    monkeypatch.setenv("DFGEN_DATA", str(tmp_path / "cache"))
+    assert real_sources.data_cache_dir() == tmp_path / "cache"
+    assert real_sources.data_cache_dir(tmp_path / "given") == tmp_path / "given"
     with pytest.raises(DfgenError, match="choose mnist or fashion-mnist"):
         load_real("cifar10", "train")
     with pytest.raises(DfgenError, match="choose train or test"):
