@@ -10,6 +10,7 @@ Python API::
 from distill import models  # noqa: F401  (registers the timm models)
 from distill.config import TrainConfig, build_config  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
-from distill.train import evaluate_checkpoint, train  # noqa: E402
+from distill.evaluation import evaluate_checkpoint  # noqa: E402
+from distill.train import train  # noqa: E402
 
 __all__ = ["DistillError", "TrainConfig", "build_config", "evaluate_checkpoint", "train"]

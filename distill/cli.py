@@ -93,7 +93,7 @@ def run(config_path: str | None, shards: tuple[str, ...], model_kwargs: tuple[st
 def eval_(checkpoint: str, data: str, labels_file: str | None, image_key: str | None, label_key: str, device: str,
           batch_size: int, workers: int | None, ema: bool) -> None:
     """Top-1/top-5 of a checkpoint on DATA, printed as one JSON line {"top1", "top5", "n"} (percent)."""
-    from distill.train import evaluate_checkpoint
+    from distill.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, device=device, batch_size=batch_size, workers=workers, ema=ema,
                                  labels_file=labels_file, image_key=image_key, label_key=label_key)

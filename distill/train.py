@@ -29,8 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import (
     CHECKPOINT_FORMAT,
-    load_checkpoint,
-    model_from_checkpoint,
     pack_rng,
     restore_rng,
     resume_point,
@@ -54,18 +52,17 @@ from distill.data import (
 )
 from distill.distributed import DistEnv, gather_objects, resolve_precision, setup_distributed
 from distill.engine import EpochContext, StudentForward, train_one_epoch
-from distill.evaluation import evaluate_checkpoint, validate
+from distill.evaluation import validate
 from distill.losses import PairedMixup, label_criterion
 from distill.models import DearKD, average_attention_distance
 from distill.optim import Optimization, Trainable, build_optimization, make_aligners
 from distill.pipeline import ShardHealth, StreamSettings, train_loader
 from distill.run_log import plot_curves, read_metrics, startup_line, summary_line, write_config, write_metrics
-from distill.student import create_student, student_names
+from distill.student import create_student
 from distill.teacher import load_stage1_teacher
 from distill.teacher_features import Pair, pairs_from_json, pairs_to_json
 
-__all__ = ["CHECKPOINT_FORMAT", "create_student", "evaluate_checkpoint", "load_checkpoint", "model_from_checkpoint",
-           "student_names", "train"]
+__all__ = ["train"]
 
 
 @dataclass

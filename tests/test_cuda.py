@@ -20,7 +20,8 @@ def test_bf16_channels_last_engine_inverts_digits(digits_teacher):
 
 
 def test_synthesize_on_cuda_resolves_bf16(tmp_path):
-    from dfgen.synthesize import prepare, synthesize
+    from dfgen.runplan import prepare
+    from dfgen.synthesize import synthesize
 
     config = SynthesisConfig(teacher="digits", n=20, out=str(tmp_path / "o"), schedule=[(8, 3), (16, 3)],
                              classes_per_batch=5, images_per_class=2, shard_size=10, warmup=1, quiet=True)
