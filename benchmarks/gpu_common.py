@@ -7,11 +7,11 @@ collects from its sections.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import json
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -213,10 +213,13 @@ def merge_sections(work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "merge":
-        raise SystemExit("usage: python -m benchmarks.gpu_common merge WORK_DIR OUT.json")
-    work, out = Path(args[1]), Path(args[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="gpu_check.sh's sections (WORK_DIR) as one JSON file (OUT.json)")
+    merge.add_argument("work", type=Path, metavar="WORK_DIR")
+    merge.add_argument("out", type=Path, metavar="OUT.json")
+    args = parser.parse_args(argv)
+    work, out = args.work, args.out
     facts = json.loads((work / "device.json").read_text()) if (work / "device.json").is_file() else {}
     out.write_text(json.dumps({"benchmark": "gpu_check", **facts, "sections": merge_sections(work)}, indent=1) + "\n")
 

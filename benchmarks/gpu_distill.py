@@ -32,10 +32,7 @@ from typing import Any
 import timm
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_common import (  # noqa: E402
+from benchmarks.gpu_common import (
     device_facts,
     emit,
     interruptible,
@@ -44,13 +41,13 @@ from benchmarks.gpu_common import (  # noqa: E402
     sync,
     target_device,
 )
-from distill.config import TrainConfig, build_config  # noqa: E402
-from distill.engine import EpochContext, StudentForward, train_one_epoch  # noqa: E402
-from distill.losses import PairedMixup, label_criterion  # noqa: E402
-from distill.models import DearKD  # noqa: E402
-from distill.student import create_student, student_names  # noqa: E402
-from distill.teacher_features import TeacherFeatures, resolve_pairs, teacher_stages  # noqa: E402
-from distill.train import Trainable, make_aligners  # noqa: E402
+from distill.config import TrainConfig, build_config
+from distill.engine import EpochContext, StudentForward, train_one_epoch
+from distill.losses import PairedMixup, label_criterion
+from distill.models import DearKD
+from distill.optim import Trainable, make_aligners
+from distill.student import create_student, student_names
+from distill.teacher_features import TeacherFeatures, resolve_pairs, teacher_stages
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "distill_paper_300.yaml"
 STUDENT, BASELINE, TEACHER = "dearkd_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "regnety_160"

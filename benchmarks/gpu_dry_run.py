@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_common import device_facts, emit, interruptible, target_device  # noqa: E402
-from dfgen.config import build_config  # noqa: E402
-from dfgen.synthesize import describe_plan, synthesize  # noqa: E402
-from dfgen.teachers import load_teacher  # noqa: E402
+from benchmarks.gpu_common import device_facts, emit, interruptible, target_device
+from dfgen.config import build_config
+from dfgen.dry_run import describe_plan
+from dfgen.synthesize import synthesize
+from dfgen.teachers import load_teacher
 
 UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "days": 86400.0}
 # --cpu-smoke: the bundled digits teacher, 2 batches of 2 classes x 2 images through a short 32 px schedule.

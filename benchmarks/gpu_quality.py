@@ -25,14 +25,12 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_common import device_facts, emit, interruptible, sync, target_device  # noqa: E402
-from dfgen.config import build_config, format_schedule, parse_schedule  # noqa: E402
-from dfgen.inversion import InversionEngine  # noqa: E402
-from dfgen.synthesize import derive_settings, engine_settings, prepare  # noqa: E402
-from dfgen.teachers import Teacher, load_teacher  # noqa: E402
+from benchmarks.gpu_common import device_facts, emit, interruptible, sync, target_device
+from dfgen.config import build_config, format_schedule, parse_schedule
+from dfgen.derived import derive_settings
+from dfgen.inversion import InversionEngine
+from dfgen.runplan import engine_settings, prepare
+from dfgen.teachers import Teacher, load_teacher
 
 FACTORY = f"{Path(__file__).resolve().with_name('efficientnet_lite0.py')}:efficientnet_lite0"
 VARIANTS = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True)}

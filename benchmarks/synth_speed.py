@@ -3,7 +3,7 @@ with the public reference implementation's pattern (fp32, teacher parameters lef
 channels_last, two-pass BN statistics, a host sync every iteration), same teacher, batch, resolution
 and iteration count, interleaved in one run. Prints one JSON line last.
 
-    python benchmarks/synth_speed.py [--iterations 20] [--repeats 5]
+    python -m benchmarks.synth_speed [--iterations 20] [--repeats 5]
 """
 
 from __future__ import annotations

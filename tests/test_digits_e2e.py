@@ -2,30 +2,14 @@
 runs (two syntheses plus the paper-form set, five students, the report) in the two-process pool, and
 the JSON line carries every figure the README's results table quotes."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-import pytest
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "digits_e2e.py"
+from benchmarks import digits_e2e
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    # Imported by name, as the spawned workers import it (multiprocessing passes sys.path on to them).
-    sys.path.insert(0, str(BENCHMARK.parent))
-    try:
-        yield importlib.import_module("digits_e2e")
-    finally:
-        sys.path.remove(str(BENCHMARK.parent))
-        sys.modules.pop("digits_e2e", None)
-
-
-def test_digits_e2e_toy_run(benchmark, tmp_path, capsys):
+def test_digits_e2e_toy_run(tmp_path, capsys):
     out = tmp_path / "bench"
-    result = benchmark.main(["--out", str(out), "-n", "40", "--schedule", "16:2,32:2", "--epochs", "3",
+    result = digits_e2e.main(["--out", str(out), "-n", "40", "--schedule", "16:2,32:2", "--epochs", "3",
                              "--real-train", "64", "--jobs", "2", "--no-compile"])
 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result

@@ -1,18 +1,11 @@
 """The engine's fast path makes the same images as the plain fp32 reference loop (same seed)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmarks import synth_speed
 from dfgen.config import LossWeights
 from dfgen.inversion import EngineSettings, InversionEngine
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "synth_speed.py"
-spec = importlib.util.spec_from_file_location("synth_speed", BENCH)
-synth_speed = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(synth_speed)
 
 WEIGHTS = LossWeights.paper(ep=0, triplet=0)  # the reference loop: the paper form, no diversity terms
 
