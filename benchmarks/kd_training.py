@@ -31,15 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.real_training import (
+    EVAL_BATCH,
     Factory,
     batches,
     build_model,
-    evaluate,
-    normalize,
+    model_input,
     one_cycle,
     random_shift,
     resolve_factory,
 )
+from dfgen.zoo.digits import evaluate
 
 Source = str | Path | list[str | Path] | tuple[torch.Tensor, torch.Tensor]  # a list: several sets, concatenated
 
@@ -168,7 +169,7 @@ def kd_train(
                 pixels = images[index].float() / 255
                 pixels = (random_affine(pixels, generator, max_shift=max_shift) if affine
                           else random_shift(pixels, max_shift, generator))
-                inputs = normalize(cutmix_batch(pixels, generator) if cutmix else pixels, mean, std)
+                inputs = model_input(cutmix_batch(pixels, generator) if cutmix else pixels, mean, std)
                 with torch.no_grad():
                     soft = F.log_softmax(teacher_model(inputs) / temperature, dim=1)
                 logits = student(inputs)
@@ -188,4 +189,4 @@ def kd_train(
         teacher_model.train(teacher_was_training)
     if save_to is not None:
         torch.save(student.state_dict(), save_to)
-    return evaluate(student, test_images, test_labels, mean, std)
+    return evaluate(student, test_images, test_labels, EVAL_BATCH, mean=mean, std=std)

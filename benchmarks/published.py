@@ -1,8 +1,8 @@
 """The published data-free benchmarks: MNIST and Fashion-MNIST, against the papers' figures.
 
-    python benchmarks/published.py --dataset mnist [--quick | --standard] [--kd-steps N] [--adi K]
+    python -m benchmarks.published --dataset mnist [--quick | --standard] [--kd-steps N] [--adi K]
         [--out bench_out/published]
-    python benchmarks/published.py --dataset fashion-mnist [--quick | --standard]
+    python -m benchmarks.published --dataset fashion-mnist [--quick | --standard]
 
 1. The teacher (LeNet-5 with BatchNorm after each convolution, as the papers' LeNet-5 on both sets)
    is trained on the real train split (cached by a hash of its recipe, benchmarks/real_training.py).
@@ -31,20 +31,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.jobs import Jobs  # noqa: E402
+from benchmarks.jobs import Jobs
+from benchmarks.phases import (
+    NETS,
+    SMALL_SET_DISTILL,
+    SOFT_KEY,
+    cached,
+    distill_phase,
+    kd_phase,
+    since,
+    synthesize_phase,
+    teacher_phase,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-NETS = ROOT / "benchmarks" / "small_nets.py"
 DISTILL_PRESET = ROOT / "configs" / "distill_mnist.yaml"
 # The papers' data-free students on the real test split (fractions), marked as theirs in the README.
 PUBLISHED = {
@@ -69,15 +75,6 @@ TOY = {"n": 20, "kd_steps": 2, "distill_epochs": 1, "teacher_epochs": 1, "limit"
 QUICK = {"n": 500, "iterations": 100, "kd_steps": 2500, "distill_epochs": 10}
 STANDARD = {"n": 1000, "kd_steps": 7000, "distill_epochs": 40}
 FULL = {"kd_steps": 12000, "distill_epochs": None}
-# Soft distillation at tau 4 without RandAugment or cutmix: on MNIST's 1,000 boundary images DearKD micro learned
-# 90.05% with the teacher online under it against 82.17% under hard distillation with RandAugment and cutmix, and the
-# stored soft labels want it (those augmentations change an image, not its stored target; docs/design.md).
-SOFT_TARGETS = {"distillation": "soft", "distill_tau": 4.0, "aa": "", "cutmix": 0.0}
-SOFT_KEY = "soft4-noaa-nocutmix"  # in the result files' names: rows of the earlier recipe are not reused
-# DearKD micro on ~1,000 28x28 images (configs/distill_mnist.yaml is sized for 24,000): the digits preset's
-# small-batch schedule with the soft targets above
-SMALL_SET_DISTILL = {"epochs": 40, "stage1_epochs": 33, "batch_size": 16, "lr": 7e-4, "ema_decay": 0.998,
-                     "warmup_epochs": 2, "eval_every": 40, **SOFT_TARGETS}
 MODES = {"toy": TOY, "quick": QUICK, "standard": STANDARD, "full": FULL}
 JUDGE = "small_cnn"  # the independent embedding: another family, trained on real data, never inverted
 CURVE = [30, 100, 200, 700]  # iterations per stage of the three-stage small-input schedule
@@ -85,30 +82,16 @@ DATA_KEYS = ("boundary", "plain", "real_kd", "real_1pct")
 REAL_KEYS = ("real_kd", "real_1pct")
 
 
-def cached(path: Path, compute, *args: Any, **kwargs: Any) -> Any:
-    """The JSON result at `path`, computing and saving it first if absent (phases survive interruptions)."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute(*args, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
-
-
 def train_teacher_job(name: str, dataset: str, epochs: int, cache: Path, limit: int | None = None) -> dict[str, Any]:
     """The teacher trained on the real train split (its first `limit` images of each split in toy runs)."""
-    from benchmarks.real_training import RealData, real_data, teacher_record, train_teacher
+    from benchmarks.real_training import RealData, real_data
 
-    start = time.perf_counter()
     data: str | RealData = dataset
     if limit:
         full = real_data(dataset)
         data = RealData(f"{full.name}-first{limit}", full.train_images[:limit], full.train_labels[:limit],
                         full.test_images[:limit], full.test_labels[:limit])
-    weights, acc = train_teacher(f"{NETS}:{name}", data, epochs, seed=0, cache_dir=cache)
-    record = teacher_record(weights)
-    return {"weights": str(weights), "test_acc": acc, "mean": record["mean"], "std": record["std"],
-            "seconds": round(time.perf_counter() - start)}
+    return teacher_phase(name, data, epochs, cache)
 
 
 def export_job(dataset: str, out: Path, limit: int | None = None) -> dict[str, Any]:
@@ -118,24 +101,17 @@ def export_job(dataset: str, out: Path, limit: int | None = None) -> dict[str, A
     export_real(dataset, out / "full", limit=limit)
     export_real(dataset, out / "1pct", train_fraction=0.01, limit=limit)
     return {"train": str(out / "full" / "train"), "test": str(out / "full" / "test"),
-            "train_1pct": str(out / "1pct" / "train"), "seconds": round(time.perf_counter() - start)}
+            "train_1pct": str(out / "1pct" / "train"), "seconds": since(start)}
 
 
-def synthesize_job(out: Path, teacher: dict[str, Any], name: str, n: int, no_diversity: bool,
-                   schedule: str | None = None, seed: int = 0, competitor: str | None = None) -> dict[str, Any]:
+def synthesis_options(teacher: dict[str, Any], name: str, n: int, no_diversity: bool, schedule: str | None = None,
+                      seed: int = 0, competitor: str | None = None) -> dict[str, Any]:
     """The tool's defaults for this teacher, given as the user's own model file; `competitor`: a LeNet-5-half
     weights file for a second round (--competitor)."""
-    import dfgen
-
-    start = time.perf_counter()
     rival = {"competitor": f"{NETS}:lenet5_half", "competitor_weights": competitor} if competitor else {}
-    config = dfgen.build_config(None, teacher=f"{NETS}:{name}", teacher_weights=teacher["weights"], image_size=28,
-                                mean=teacher["mean"], std=teacher["std"], n=n, out=str(out), quiet=True,
-                                no_diversity=no_diversity or None, schedule=schedule, seed=seed, **rival)
-    dfgen.synthesize(config)
-    description = json.loads((out / "dataset.json").read_text())
-    return {"path": str(out), "seconds": round(time.perf_counter() - start), "schedule": description["schedule"],
-            "agreement": description["stats"]["agreement"], "derived": description.get("derived")}
+    return {"teacher": f"{NETS}:{name}", "teacher_weights": teacher["weights"], "image_size": 28,
+            "mean": teacher["mean"], "std": teacher["std"], "n": n, "no_diversity": no_diversity or None,
+            "schedule": schedule, "seed": seed, **rival}
 
 
 KD_RECIPE = "kd-cutmix-affine"  # in the result files' names: a changed recipe does not reuse old rows
@@ -146,52 +122,28 @@ REAL_RECIPE = "kd-shift"
 RECIPES = {KD_RECIPE: {"cutmix": True, "affine": True}, REAL_RECIPE: {"cutmix": False, "affine": False}}
 
 
+def trained_teacher(teacher: dict[str, Any]) -> torch.nn.Module:
+    from benchmarks.real_training import load_trained
+
+    return load_trained(teacher["weights"])
+
+
 def kd_job(teacher: dict[str, Any], train: str | list[str], test: str, steps: int,
            save_to: str | None = None, recipe: str = KD_RECIPE) -> dict[str, Any]:
     """LeNet-5-half by plain KD with the teacher online, `steps` optimizer steps under `recipe` (RECIPES: cutmix and
-    random affine warps, or shifts only; kd_training.py); `train` may list several sets (two rounds); `save_to`
-    keeps its weights."""
-    from benchmarks.kd_training import kd_train
-    from benchmarks.real_training import load_trained
-
-    start = time.perf_counter()
-    model = load_trained(teacher["weights"])
-    acc = kd_train(f"{NETS}:lenet5_half", model, train, test, 1, steps=steps, **RECIPES[recipe],
-                   mean=tuple(teacher["mean"]), std=tuple(teacher["std"]), save_to=save_to)
-    return {"acc": round(acc, 4), "steps": steps, "recipe": recipe, "weights": save_to,
-            "seconds": round(time.perf_counter() - start)}
-
-
-def same_steps(config: Any, images: int, steps_like: int) -> None:
-    """A real row with as many steps as a run on `steps_like` images: a larger set trains on a seeded share of
-    its images (`--fraction`) for the same epochs, a smaller one for more epochs (the same stage split)."""
-    if images > steps_like:
-        config.fraction = [round(steps_like / images, 6)]
-        return
-    ratio = config.stage1_epochs / config.epochs
-    config.epochs = max(1, round(config.epochs * steps_like / images))
-    config.stage1_epochs = round(config.epochs * ratio)
-    config.eval_every = config.epochs
+    random affine warps, or shifts only); `train` may list several sets (two rounds); `save_to` keeps its
+    weights."""
+    return kd_phase("lenet5_half", trained_teacher, teacher, train, test, steps, recipe, save_to, **RECIPES[recipe])
 
 
 def distill_job(out: Path, train: str, test: str, teacher_from: str, epochs: int | None,
                 steps_like: int | None = None) -> dict[str, Any]:
     """DearKD micro through `distill run` (the teacher the synthetic set records, for real data too)."""
-    import distill
-
-    start = time.perf_counter()
     overrides: dict[str, Any] = {}
     if epochs:  # a set of ~1,000 images: the small-set recipe for `epochs`
         overrides = {**SMALL_SET_DISTILL, "epochs": epochs, "stage1_epochs": max(1, round(epochs * 5 / 6)),
                      "eval_every": epochs}
-    config = distill.build_config(DISTILL_PRESET, shards=[train], val=test, out=str(out), teacher=teacher_from,
-                                  quiet=True, resume=True, **overrides)
-    if steps_like:
-        same_steps(config, json.loads((Path(train) / "dataset.json").read_text())["n"], steps_like)
-    distill.train(config)
-    result = distill.evaluate_checkpoint(out / "last.pt", test, device="cpu", ema=config.ema)
-    return {"acc": round(result["top1"] / 100, 4), "epochs": config.epochs,
-            "seconds": round(time.perf_counter() - start)}
+    return distill_phase(out, DISTILL_PRESET, overrides, train, test, teacher_from, steps_like)
 
 
 def report_job(out: Path, datasets: list[str], judge: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +160,7 @@ def report_job(out: Path, datasets: list[str], judge: dict[str, Any]) -> dict[st
                          "teacher_feature_diversity": round(entry["feature_diversity"]["mean"], 4),
                          "judge_top1": round(entry["judge"]["top1"], 4),
                          "judge_feature_diversity": round(entry["judge"]["feature_diversity"], 4)}
-    return {**figures, "seconds": round(time.perf_counter() - start)}
+    return {**figures, "seconds": since(start)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,8 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         teacher = jobs.result("teacher")
         synthetic = {}
         for key, plain in (("boundary", False), ("plain", True)):
-            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_job,
-                        out / key, teacher, settings["teacher"], n, plain, schedule)
+            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_phase,
+                        out / key, synthesis_options(teacher, settings["teacher"], n, plain, schedule))
         train = {"real_kd": real["train"], "real_1pct": real["train_1pct"]}
         for key in ("boundary", "plain"):
             synthetic[key] = jobs.result(f"synthesize_{key}")
@@ -264,8 +216,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for iters in args.curve_iterations:
                 point = f"n{args.curve_n}_{iters}"
                 schedule = f"7:{iters},14:{iters},28:{iters}"
-                jobs.submit(f"curve_syn_{point}", cached, results / f"curve_syn_{point}.json", synthesize_job,
-                            out / f"curve_{point}", teacher, settings["teacher"], args.curve_n, False, schedule)
+                jobs.submit(f"curve_syn_{point}", cached, results / f"curve_syn_{point}.json", synthesize_phase,
+                            out / f"curve_{point}", synthesis_options(teacher, settings["teacher"], args.curve_n,
+                                                                      False, schedule))
             for iters in args.curve_iterations:  # the student's steps fixed at the main rows' budget
                 point = f"n{args.curve_n}_{iters}"
                 path = jobs.result(f"curve_syn_{point}")["path"]
@@ -315,13 +268,13 @@ def two_rounds(args: argparse.Namespace, jobs: Jobs, out: Path, teacher: dict[st
     it. LeNet-5-half learns from the boundary set plus either, at the main rows' steps."""
     results, k = out / "results", args.adi
     weights = out / f"competitor-{kd_key}.pt"
-    jobs.submit("adi_control_syn", cached, results / f"adi{k}_control_syn.json", synthesize_job,
-                out / f"adi{k}_control", teacher, name, k, False, schedule, 1)
+    jobs.submit("adi_control_syn", cached, results / f"adi{k}_control_syn.json", synthesize_phase,
+                out / f"adi{k}_control", synthesis_options(teacher, name, k, False, schedule, 1))
     jobs.submit("adi_competitor", cached, results / f"adi_competitor-{kd_key}.json", kd_job, teacher, boundary, test,
                 kd_steps, str(weights))
     competitor = jobs.result("adi_competitor")
-    jobs.submit("adi_syn", cached, results / f"adi{k}_syn-{kd_key}.json", synthesize_job, out / f"adi{k}-{kd_key}",
-                teacher, name, k, False, schedule, 1, competitor["weights"])
+    jobs.submit("adi_syn", cached, results / f"adi{k}_syn-{kd_key}.json", synthesize_phase, out / f"adi{k}-{kd_key}",
+                synthesis_options(teacher, name, k, False, schedule, 1, competitor["weights"]))
     sets = {}
     for key, phase in (("control", "adi_control_syn"), ("adi", "adi_syn")):  # the control's student starts first
         sets[key] = made = jobs.result(phase)

@@ -1,5 +1,6 @@
 """Teachers trained on real MNIST / Fashion-MNIST for the published and transfer benchmarks, cached by a hash of
-their recipe, and the functions the KD students share (factories, normalization, shifts, evaluation).
+their recipe, and the functions the KD students share (factories, shifts, batches, the schedule; the normalization
+and the evaluation are dfgen.zoo.digits').
 
 Teacher recipe (`train_teacher`): SGD (Nesterov momentum 0.9, weight decay 5e-4) at batch 256 under torch's
 one-cycle schedule (15% warm-up to `lr`, cosine to ~0, momentum cycled), cross-entropy, random shifts of up to
@@ -30,11 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfgen.shards import write_json_atomic
+from dfgen.zoo.digits import evaluate, normalize, unit_pixels
 
 RECIPE_VERSION = 1
 # Epochs that reach the accuracies in the README on 2 CPU cores (LeNet-5 is cheap; the others cost 4-10x an epoch).
 DEFAULT_EPOCHS = {"lenet5_bn": 8, "resnet18_small": 5, "vgg_bn_small": 5, "mobilenet_small": 5}
 Factory = Callable[..., nn.Module]
+EVAL_BATCH = 1000  # images per forward pass when testing
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,10 @@ def mean_std(images: torch.Tensor) -> tuple[float, float]:
     return round(pixels.mean().item(), 4), round(pixels.std().item(), 4)
 
 
-def normalize(images: torch.Tensor, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> torch.Tensor:
-    """uint8 or [0, 1] float (N, C, H, W) -> the network's normalized input, channels-last."""
-    pixels = images.float() / 255 if images.dtype == torch.uint8 else images
-    shape = (1, -1, 1, 1)
-    out = (pixels - torch.tensor(mean).float().view(shape)) / torch.tensor(std).float().view(shape)
-    return out.contiguous(memory_format=torch.channels_last)
+def model_input(pixels: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, C, H, W) -> the network's normalized input (dfgen's digits normalization),
+    channels-last like the networks trained here."""
+    return normalize(unit_pixels(pixels), mean, std).contiguous(memory_format=torch.channels_last)
 
 
 def random_shift(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -122,20 +123,6 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.T
     order = torch.randperm(n, generator=generator)
     full = max(1, n // batch_size)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(full)]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: Any, std: Any,
-             batch_size: int = 1000) -> float:
-    """Top-1 accuracy (a fraction) of `model` in eval mode on uint8 images."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(normalize(images[start:start + batch_size], mean, std))
-        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(labels)
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -207,7 +194,7 @@ def train_teacher(
         epoch_start, total = time.perf_counter(), 0.0
         for index in batches(len(data.train_labels), batch_size, generator):
             pixels = random_shift(data.train_images[index].float() / 255, max_shift, generator)
-            loss = F.cross_entropy(model(normalize(pixels, mean, std)), data.train_labels[index])
+            loss = F.cross_entropy(model(model_input(pixels, mean, std)), data.train_labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -217,7 +204,7 @@ def train_teacher(
             log(f"{name} {data.name} epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}, "
                 f"{time.perf_counter() - epoch_start:.0f} s")
     seconds = time.perf_counter() - start
-    test_acc = evaluate(model, data.test_images, data.test_labels, mean, std)
+    test_acc = evaluate(model, data.test_images, data.test_labels, EVAL_BATCH, mean=mean, std=std)
     spec = factory_spec if isinstance(factory_spec, str) else name
     record = {"recipe": recipe, "factory_spec": spec, "test_acc": test_acc, "train_seconds": round(seconds, 1),
               "seconds_per_epoch": round(seconds / max(epochs, 1), 1), "threads": torch.get_num_threads(),

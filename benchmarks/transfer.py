@@ -1,7 +1,7 @@
 """The transfer matrix: does the tool's data teach a student of another architecture, for teachers
 nobody tuned for, with the defaults alone?
 
-    python benchmarks/transfer.py [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
+    python -m benchmarks.transfer [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
 
 Teachers of four families, each trained by the benchmarks on the real data they have (cached by a hash of the
 recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's own model file with nothing but
@@ -32,21 +32,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.jobs import Jobs  # noqa: E402
-from benchmarks.published import SMALL_SET_DISTILL, SOFT_KEY, SOFT_TARGETS, cached, same_steps  # noqa: E402
+from benchmarks.jobs import Jobs
+from benchmarks.phases import (
+    NETS,
+    SMALL_SET_DISTILL,
+    SOFT_KEY,
+    SOFT_TARGETS,
+    cached,
+    distill_phase,
+    kd_phase,
+    since,
+    synthesize_phase,
+    teacher_phase,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-NETS = ROOT / "benchmarks" / "small_nets.py"
 KD_STEPS = 1000  # small_cnn by KD with cutmix (batch 128), the same budget for the synthetic and the real row
 TARGET = 0.85
 TEACHERS: dict[str, dict[str, Any]] = {
@@ -73,8 +79,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # build_config keywords on top of the u
 STORED_VIEWS = {"soft_views": 16, "soft_view_min_scale": 0.6}
 # the teacher-free rows' recipe: soft distillation (a hard target is the stored argmax, almost always the label) and no
 # RandAugment or cutmix (they change the image, not its stored target): on 500 digits 79.8% against 28.7% under the
-# preset's hard distillation, RandAugment and cutmix (docs/design.md): published.py's SOFT_TARGETS, which its DearKD
-# rows use online too
+# preset's hard distillation, RandAugment and cutmix (docs/design.md): phases.py's SOFT_TARGETS, which published.py's
+# DearKD rows use online too
 TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
 
@@ -93,30 +99,27 @@ def export_job(data: str, out: Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     train, test = export_digits(out) if data == "digits" else export_real(data, out)
-    return {"train": str(train), "test": str(test), "seconds": round(time.perf_counter() - start)}
+    return {"train": str(train), "test": str(test), "seconds": since(start)}
 
 
 def teacher_job(key: str, cache: Path, epochs: int | None = None) -> dict[str, Any]:
     """The teacher's weights, normalization and real test accuracy (the bundled digits CNN as shipped)."""
-    from benchmarks.real_training import evaluate, teacher_record, train_teacher
-
-    start = time.perf_counter()
     spec = TEACHERS[key]
     if spec["factory"] is None:
         from dfgen.teachers import load_teacher
+        from dfgen.zoo.digits import evaluate
 
+        start = time.perf_counter()
         teacher = load_teacher("digits")
         data = digits_data()
-        acc = evaluate(teacher.model, data.test_images, data.test_labels, teacher.mean, teacher.std)
+        acc = evaluate(teacher.model, data.test_images, data.test_labels, mean=teacher.mean, std=teacher.std)
         return {"teacher": "digits", "weights": None, "mean": list(teacher.mean), "std": list(teacher.std),
-                "image_size": 32, "test_acc": acc, "seconds": round(time.perf_counter() - start)}
+                "image_size": 32, "test_acc": acc, "seconds": since(start)}
     dataset = digits_data() if spec["data"] == "digits" else spec["data"]
-    weights, acc = train_teacher(f"{NETS}:{spec['factory']}", dataset, epochs or spec["epochs"], seed=0,
-                                cache_dir=cache)
-    record = teacher_record(weights)
-    return {"teacher": f"{NETS}:{spec['factory']}", "weights": str(weights), "mean": record["mean"],
-            "std": record["std"], "image_size": 32 if spec["data"] == "digits" else 28, "test_acc": acc,
-            "seconds": round(time.perf_counter() - start)}
+    trained = teacher_phase(spec["factory"], dataset, epochs or spec["epochs"], cache)
+    return {"teacher": f"{NETS}:{spec['factory']}", "weights": trained["weights"], "mean": trained["mean"],
+            "std": trained["std"], "image_size": 32 if spec["data"] == "digits" else 28,
+            "test_acc": trained["test_acc"], "seconds": trained["seconds"]}
 
 
 def load_model(teacher: dict[str, Any]) -> torch.nn.Module:
@@ -126,15 +129,11 @@ def load_model(teacher: dict[str, Any]) -> torch.nn.Module:
                         mean=teacher["mean"], std=teacher["std"]).model
 
 
-def synthesize_job(out: Path, teacher: dict[str, Any], n: int, settings: dict[str, Any] | None = None,
-                   iterations: str | None = None) -> dict[str, Any]:
+def synthesis_options(teacher: dict[str, Any], n: int, settings: dict[str, Any] | None = None,
+                      iterations: str | None = None) -> dict[str, Any]:
     """`dfgen synthesize` with only what a user must give: the teacher, its weights, size and normalization."""
-    import dfgen
-
-    start = time.perf_counter()
     # shards of 200 images (packaging only): an interrupted run resumes at the last finished shard
-    options: dict[str, Any] = {"teacher": teacher["teacher"], "n": n, "out": str(out), "quiet": True,
-                               "shard_size": 200 if n >= 400 else None}
+    options: dict[str, Any] = {"teacher": teacher["teacher"], "n": n, "shard_size": 200 if n >= 400 else None}
     if teacher["weights"]:
         options.update(teacher_weights=teacher["weights"], image_size=teacher["image_size"], mean=teacher["mean"],
                        std=teacher["std"])
@@ -144,40 +143,22 @@ def synthesize_job(out: Path, teacher: dict[str, Any], n: int, settings: dict[st
 
         stages = default_schedule(teacher["image_size"])
         options.update(schedule=",".join(f"{size}:{iterations}" for size, _ in stages), warmup=1)
-    dfgen.synthesize(dfgen.build_config(None, **options))
-    description = json.loads((out / "dataset.json").read_text())
-    return {"path": str(out), "schedule": description["schedule"], "agreement": description["stats"]["agreement"],
-            "derived": description.get("derived"), "seconds": round(time.perf_counter() - start)}
+    return options
 
 
 def kd_job(teacher: dict[str, Any], train: str, test: str, steps: int) -> dict[str, Any]:
-    """small_cnn by plain KD with the teacher online, `steps` optimizer steps with cutmix (kd_training.py)."""
-    from benchmarks.kd_training import kd_train
-
-    start = time.perf_counter()
-    acc = kd_train(f"{NETS}:small_cnn", load_model(teacher), train, test, 1, steps=steps, cutmix=True,
-                   mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
-    return {"acc": round(acc, 4), "steps": steps, "recipe": "kd-cutmix", "seconds": round(time.perf_counter() - start)}
+    """small_cnn by plain KD with the teacher online, `steps` optimizer steps with cutmix."""
+    return kd_phase("small_cnn", load_model, teacher, train, test, steps, "kd-cutmix", cutmix=True)
 
 
 def distill_job(out: Path, data: str, train: str, test: str, teacher_from: str,
                 steps_like: int | None = None, toy: bool = False, soft_labels: str = "online") -> dict[str, Any]:
     """DearKD micro through `distill run`, the teacher the synthetic set records (for the real row too); with
     stored soft labels under SOFT_TARGETS."""
-    import distill
-
-    start = time.perf_counter()
     preset, overrides, _ = DISTILL[data]
     recipe = SOFT_TARGETS if soft_labels == "stored" else {}
     overrides = {**overrides, **recipe, **(TOY["distill"] if toy else {}), "soft_labels": soft_labels}
-    config = distill.build_config(preset, shards=[train], val=test, out=str(out), teacher=teacher_from, quiet=True,
-                                  resume=True, **overrides)
-    if steps_like:
-        same_steps(config, json.loads((Path(train) / "dataset.json").read_text())["n"], steps_like)
-    distill.train(config)
-    result = distill.evaluate_checkpoint(out / "last.pt", test, device="cpu", ema=config.ema)
-    return {"acc": round(result["top1"] / 100, 4), "epochs": config.epochs,
-            "seconds": round(time.perf_counter() - start)}
+    return distill_phase(out, preset, overrides, train, test, teacher_from, steps_like)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,18 +181,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for data in sorted({TEACHERS[key]["data"] for key in teachers})}
         teacher = {key: jobs.result(f"teacher_{key}") for key in teachers}
         for key in teachers:
-            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_job,
-                        out / f"syn_{key}", teacher[key], args.n, None, iterations)
+            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_phase,
+                        out / f"syn_{key}", synthesis_options(teacher[key], args.n, None, iterations))
         stored_rows = args.stored_soft_labels and not args.no_dearkd
         for key in teachers:
             if stored_rows and key in args.variant_teachers:
                 jobs.submit(f"synthesize_views_{key}", cached, results / f"synthesize_views_{key}.json",
-                            synthesize_job, out / f"views_{key}", teacher[key], args.n, STORED_VIEWS, iterations)
+                            synthesize_phase, out / f"views_{key}",
+                            synthesis_options(teacher[key], args.n, STORED_VIEWS, iterations))
         for key in teachers:  # the variants after every teacher's default set: the matrix comes first
             for variant in variants.get(key, []):
                 jobs.submit(f"synthesize_{variant}_{key}", cached, results / f"synthesize_{variant}_{key}.json",
-                            synthesize_job, out / f"{variant}_{key}", teacher[key], args.n, VARIANTS[variant],
-                            iterations)
+                            synthesize_phase, out / f"{variant}_{key}",
+                            synthesis_options(teacher[key], args.n, VARIANTS[variant], iterations))
         for key in teachers:
             data, path = real[TEACHERS[key]["data"]], jobs.result(f"synthesize_{key}")["path"]
             jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{key}-{kd}.json", kd_job, teacher[key], path,

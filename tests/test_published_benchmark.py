@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import published
+from benchmarks import phases, published
 from dfgen import real_sources
 from dfgen.errors import DfgenError
 
@@ -49,10 +49,10 @@ def test_toy_published_benchmark_reports_every_row_and_resumes_from_its_cache(tm
     assert (tmp_path / DATASET / "toy" / "results" / f"lenet5_half_real_kd-{published.REAL_RECIPE}2.json").is_file()
     # DearKD micro's small-set recipe: soft distillation without RandAugment or cutmix, keyed in its row files
     # (its run directory too: a run of the earlier recipe is never resumed as this one)
-    run_dir = tmp_path / DATASET / "toy" / f"run_dearkd_boundary-e1-{published.SOFT_KEY}"
+    run_dir = tmp_path / DATASET / "toy" / f"run_dearkd_boundary-e1-{phases.SOFT_KEY}"
     dearkd = json.loads((run_dir / "config.json").read_text())
     assert (dearkd["distillation"], dearkd["distill_tau"], dearkd["aa"], dearkd["cutmix"]) == ("soft", 4.0, "", 0.0)
-    assert (tmp_path / DATASET / "toy" / "results" / f"dearkd_micro_boundary-e1-{published.SOFT_KEY}.json").is_file()
+    assert (tmp_path / DATASET / "toy" / "results" / f"dearkd_micro_boundary-e1-{phases.SOFT_KEY}.json").is_file()
     for key in ("agreement", "diversity", "judge_diversity", "judge_top1"):
         assert set(result[key]) == {"boundary", "plain"}
     assert result["published"] == published.PUBLISHED[DATASET]

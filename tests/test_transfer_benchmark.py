@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from benchmarks import transfer
+from benchmarks import phases, transfer
 
 
 def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path, capsys):
@@ -36,8 +36,8 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
     assert "synthetic_stored_views" not in result["matrix"]["resnet18_digits"]["students"]["dearkd_micro"]
     views = json.loads((tmp_path / "toy20" / "views_digits_cnn" / "dataset.json").read_text())["soft_labels"]["views"]
     assert views["count"] == transfer.STORED_VIEWS["soft_views"]
-    assert stored["stored_recipe"] == transfer.SOFT_TARGETS
-    config = json.loads((tmp_path / "toy20" / f"run_dearkd_views-{transfer.SOFT_KEY}_digits_cnn" / "config.json")
+    assert stored["stored_recipe"] == phases.SOFT_TARGETS
+    config = json.loads((tmp_path / "toy20" / f"run_dearkd_views-{phases.SOFT_KEY}_digits_cnn" / "config.json")
                         .read_text())
     assert config["soft_labels"] == "stored" and config["distillation"] == "soft" and config["cutmix"] == 0
     assert not config["aa"]  # the teacher-free recipe: no RandAugment
@@ -45,5 +45,5 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
     assert result["min_ratio"] == min(c["ratio"] for r in result["matrix"].values() for c in r["students"].values())
     again = transfer.main(argv)  # every phase cached: the same matrix
     assert again["matrix"] == result["matrix"]
-    phases = [name for name in result["seconds"] if name != "total_this_invocation"]
-    assert all(again["seconds"][name] == result["seconds"][name] for name in phases)
+    timed = [name for name in result["seconds"] if name != "total_this_invocation"]
+    assert all(again["seconds"][name] == result["seconds"][name] for name in timed)

@@ -182,17 +182,32 @@ def normalize(
     return (images - m) / s
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (0..255) as float32 in [0, 1]; float images unchanged."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy of `model` on [0, 1] `images` (normalized with the model's pretrained_cfg)."""
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 500,
+    *,
+    mean: Any = None,
+    std: Any = None,
+) -> float:
+    """Top-1 accuracy of `model` on [0, 1] float or uint8 `images`, normalized with `mean`/`std` (default: the
+    model's pretrained_cfg, else the digits constants)."""
     cfg = getattr(model, "pretrained_cfg", {})
-    mean, std = cfg.get("mean", DIGITS_MEAN), cfg.get("std", DIGITS_STD)
+    mean = cfg.get("mean", DIGITS_MEAN) if mean is None else mean
+    std = cfg.get("std", DIGITS_STD) if std is None else std
     was_training = model.training
     model.eval()
     try:
         correct = 0
         for start in range(0, len(labels), batch_size):
-            batch = normalize(images[start : start + batch_size], mean, std)
+            batch = normalize(unit_pixels(images[start : start + batch_size]), mean, std)
             correct += int((model(batch).argmax(dim=1) == labels[start : start + batch_size]).sum())
     finally:
         model.train(was_training)
