@@ -107,7 +107,11 @@ def _key_values(pairs: tuple[str, ...]) -> dict[str, Any] | None:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="'--model-kwargs'")
-        result[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            result[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except (yaml.YAMLError, RecursionError):
+            raise click.BadParameter(f"{pair!r:.80}: the value is not a YAML value (a number, true/false, text, a "
+                                     "list)", param_hint="'--model-kwargs'") from None
     return result or None
 
 

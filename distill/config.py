@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from distill.errors import DistillError
+from distill.values import check_json_tree, check_range, coerce
 
 _DEVICES = ("auto", "cpu", "cuda")
 _DISTILLATIONS = ("hard", "soft")
@@ -107,6 +109,9 @@ class TrainConfig:
                   "quiet", "stop_after")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # numbers written as text ("5e-4" in YAML) become numbers; types checked
+            if f.type.split("|")[0].strip() in ("int", "float", "bool", "str"):
+                setattr(self, f.name, coerce(f.name, f.type, getattr(self, f.name)))
         if isinstance(self.shards, (str, Path)):
             self.shards = [str(self.shards)]
         self.shards = [str(s) for s in self.shards]
@@ -120,7 +125,8 @@ class TrainConfig:
         if self.fraction is not None and not all(0 < f <= 1 for f in self.fraction):
             raise DistillError(f"--fraction values must be in (0, 1], got {self.fraction}")
         if not isinstance(self.model_kwargs, dict):
-            raise DistillError(f"model_kwargs must be a mapping of argument: value, got {self.model_kwargs!r}")
+            raise DistillError(f"model_kwargs must be a mapping of argument: value, got {self.model_kwargs!r:.80}")
+        check_json_tree("model_kwargs", self.model_kwargs)
         if self.distillation not in _DISTILLATIONS:
             raise DistillError(f"--distillation must be one of {', '.join(_DISTILLATIONS)}, got {self.distillation!r}")
         if not self.distill_tau > 0:
@@ -159,6 +165,27 @@ class TrainConfig:
             parse_align(self.align)  # a malformed --align fails now, not after the data and teacher are loaded
         if self.stop_after is not None and self.stop_after < 1:
             raise DistillError(f"--stop-after must be >= 1, got {self.stop_after}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """What the optimizer, the schedule and the augmentations accept (each would fail late, or learn nothing)."""
+        for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix", "color_jitter",
+                     "drop_path", "seed", "attn_images", "recount"):
+            check_range(name, getattr(self, name), low=0)
+        for name in ("mixup_prob", "mixup_switch_prob", "reprob", "hflip"):
+            check_range(name, getattr(self, name), 0, 1)
+        check_range("smoothing", self.smoothing, 0, 1, high_open=True)
+        check_range("drop_path", self.drop_path, 0, 1, high_open=True)
+        check_range("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        check_range("opt_eps", self.opt_eps, 0, low_open=True)
+        check_range("clip_grad", self.clip_grad, 0, low_open=True)
+        check_range("aa_fill", self.aa_fill, 0, 255)
+        for name in ("num_classes", "in_chans", "img_size", "lr_base_size", "eval_batch_size"):
+            check_range(name, getattr(self, name), 1)
+        check_range("workers", self.workers, 0)
+        for name, (low, high) in (("scale", self.scale), ("ratio", self.ratio)):
+            if not 0 < low <= high:
+                raise DistillError(f"{name} must be [low, high] with 0 < low <= high, got [{low:g}, {high:g}]")
 
     @property
     def mixing(self) -> bool:
@@ -200,9 +227,12 @@ def _floats(value: Any, name: str) -> list[float] | None:
         return None
     parts = value.split(",") if isinstance(value, str) else value
     try:
-        return [float(v) for v in parts]
+        numbers = [float(v) for v in parts]
     except (TypeError, ValueError):
         raise DistillError(f"{name} must be numbers separated by commas, got {value!r}") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise DistillError(f"{name} must be finite numbers, got {value!r}")
+    return numbers
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
@@ -210,20 +240,35 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
         raise DistillError(f"{name} must be two numbers [low, high], got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise DistillError(f"{name} must be two finite numbers [low, high], got {value!r}")
     return low, high
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a preset is a page of settings; a larger file is not one
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The options of a YAML preset (or of a run's config.json, which YAML reads too), by name."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise DistillError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a preset holds settings")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DistillError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    except RecursionError:
+        raise DistillError(f"config file {path} is nested too deeply; a preset holds plain settings") from None
+    except UnicodeDecodeError:
+        raise DistillError(f"config file {path} is not text (UTF-8)") from None
     if not isinstance(data, dict):
         raise DistillError(f"config file {path} must hold a mapping of option: value")
-    data = {str(key).replace("-", "_"): value for key, value in data.items()}
+    keys = [key for key in data if not isinstance(key, str)]
+    if keys:
+        raise DistillError(f"config file {path}: option names must be text, got {keys[0]!r}")
+    data = {key.replace("-", "_"): value for key, value in data.items()}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
