@@ -7,8 +7,10 @@ Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from dfgen.atomic import TMP_MARK, write_atomic  # one writer for both tools: ho
 from distill.config import TrainConfig
 from distill.distributed import DistEnv
 from distill.errors import DistillError
+from distill.identity import DATA_FIELDS
 from distill.models import DearKD
 from distill.student import create_student
 
@@ -57,8 +60,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ a run's checkpoints
-def resume_point(cfg: TrainConfig, env: DistEnv, out: Path) -> dict[str, Any] | None:
-    """The checkpoint to continue from (None: a fresh run); refuses a run directory made with other settings."""
+def resume_point(cfg: TrainConfig, env: DistEnv, out: Path,
+                 identity: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None: a fresh run); refuses a run directory made with other settings. The
+    data is compared by `identity` (distill.identity: content, not paths) where the checkpoint stores one, so data
+    that moved resumes and different data is refused."""
     last_path = out / "last.pt"
     if env.main and remove_stale_temporaries(out):
         env.log(f"removed temporary files a killed run left in {out}")
@@ -69,12 +75,32 @@ def resume_point(cfg: TrainConfig, env: DistEnv, out: Path) -> dict[str, Any] | 
     if not cfg.resume:
         raise DistillError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     ckpt = load_checkpoint(last_path)
-    saved = TrainConfig.from_json(ckpt["config"]).content()
+    try:
+        saved = TrainConfig.from_json(ckpt["config"]).content()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DistillError(f"{last_path} holds no readable run settings ({exc}); it is damaged: start again in "
+                           "another --out") from None
     changed = sorted(k for k in saved if saved[k] != cfg.content().get(k))
+    moved = [k for k in changed if k in DATA_FIELDS]
+    stored = _stored_identity(ckpt)
+    if moved and stored is not None and identity is not None:
+        if stored != identity:
+            raise DistillError(f"--resume: {last_path} was made with other data ({', '.join(moved)} hold different "
+                               "images); resume with the same data or use another --out")
+        changed = [k for k in changed if k not in DATA_FIELDS]
+        if not changed:
+            env.log(f"the data moved ({', '.join(moved)}), with the same content: resuming on it")
     if changed:
         raise DistillError(f"--resume: {last_path} was made with different settings ({', '.join(changed)}); "
                            "resume with the same ones or use another --out")
     return ckpt
+
+
+def _stored_identity(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return json.loads(ckpt["data_identity"])
+    except (KeyError, TypeError, ValueError):  # a checkpoint from before identities were stored: paths decide
+        return None
 
 
 def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> None:
@@ -87,14 +113,46 @@ def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> 
 # ------------------------------------------------------------------------------------------------ the student
 def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> DearKD:
     """Rebuild the student of a checkpoint, with its model_kwargs (EMA weights if asked and present)."""
-    args = json.loads(ckpt["model_args"])
-    model = create_student(args["name"], args["num_classes"], args["in_chans"], args["img_size"], 0.0,
-                           args.get("model_kwargs"))
-    state = ckpt.get("ema") if ema else ckpt["model"]
+    try:
+        args = json.loads(ckpt["model_args"])
+        name, num_classes, in_chans, img_size = (args[k] for k in ("name", "num_classes", "in_chans", "img_size"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DistillError(f"the checkpoint's model_args are missing or malformed ({exc}); it was not written by "
+                           "`distill run`") from None
+    model = create_student(name, num_classes, in_chans, img_size, 0.0, args.get("model_kwargs"))
+    state = ckpt.get("ema") if ema else ckpt.get("model")
     if state is None:
-        raise DistillError("the checkpoint holds no EMA weights (the run had ema: false)")
-    model.load_state_dict(state)
+        raise DistillError("the checkpoint holds no EMA weights (the run had ema: false)" if ema else
+                           "the checkpoint holds no model weights")
+    load_weights(model, state, "the checkpoint's " + ("EMA weights" if ema else "weights"))
     return model
+
+
+def load_weights(module: torch.nn.Module, state: Any, what: str) -> None:
+    """`module.load_state_dict(state)`, with one line naming the missing, unexpected and misshapen keys instead of
+    torch's many-line error."""
+    if not isinstance(state, dict):
+        raise DistillError(f"{what} are not a mapping of parameter names to tensors")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = sorted(k for k in set(own) & set(state)
+                       if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            problems.append(f"{label} {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+    if misshapen:
+        shown = [f"{k} ({_shape(state[k])} stored, {_shape(own[k])} expected)" for k in misshapen[:3]]
+        problems.append("wrong shape " + ", ".join(shown) + (f" (+{len(misshapen) - 3} more)"
+                                                             if len(misshapen) > 3 else ""))
+    if problems:
+        raise DistillError(f"{what} do not fit the student they describe: {'; '.join(problems)}")
+    module.load_state_dict(state)
+
+
+def _shape(value: Any) -> str:
+    return "x".join(str(d) for d in value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
@@ -132,6 +190,16 @@ def restore_rng(packed: dict[str, torch.Tensor], rank: int, device: torch.device
     np.random.set_state(("MT19937", keys, pos, has_gauss, float(packed["numpy_gauss"][rank])))
     gauss = float(packed["python_gauss"][rank])
     random.setstate((3, tuple(int(v) for v in packed["python"][rank]), None if np.isnan(gauss) else gauss))
+
+
+@contextlib.contextmanager
+def kept_rng(device: torch.device) -> Iterator[None]:
+    """Every generator (torch, CUDA, numpy, Python) as it was before the block, whatever the block drew."""
+    state = pack_rng([rng_state(device)])
+    try:
+        yield
+    finally:
+        restore_rng(state, 0, device)
 
 
 def seed_everything(seed: int) -> None:

@@ -101,12 +101,13 @@ class TrainConfig:
     eval_batch_size: int | None = None  # None: the per-rank training batch
     eval_every: int = 1  # epochs between validations (and attention probes, curve plots); the last one always
     max_bad_shards: int = 3  # corrupt shards skipped with a warning before the run stops
+    max_bad_images: int = 10  # unreadable images (ImageFolder, validation) skipped with a warning before it stops
     resume: bool = False
     quiet: bool = False
     stop_after: int | None = None  # leave after this many epochs of this invocation (time-sliced jobs)
 
-    RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "eval_every", "max_bad_shards", "resume",
-                  "quiet", "stop_after")
+    RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "eval_every", "max_bad_shards",
+                  "max_bad_images", "resume", "quiet", "stop_after")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # numbers written as text ("5e-4" in YAML) become numbers; types checked
@@ -157,8 +158,9 @@ class TrainConfig:
             raise DistillError(f"--precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
         if self.eval_every < 1:
             raise DistillError(f"--eval-every must be >= 1, got {self.eval_every}")
-        if self.max_bad_shards < 0:
-            raise DistillError(f"max_bad_shards must be >= 0, got {self.max_bad_shards}")
+        if self.max_bad_shards < 0 or self.max_bad_images < 0:
+            raise DistillError(f"max_bad_shards and max_bad_images must be >= 0, got {self.max_bad_shards} and "
+                               f"{self.max_bad_images}")
         if self.align:
             from distill.teacher_features import parse_align
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +21,14 @@ from timm.data import create_transform
 from timm.data.auto_augment import RandAugment
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from distill import pipeline
 from distill.config import TrainConfig
 from distill.errors import DistillError
 from distill.pipeline import decode_image, parse_label, worker_slot
-from distill.sources import IMAGE_EXTS, DatasetInfo, open_dataset, open_training_sets
+from distill.sources import IMAGE_EXTS, DatasetInfo, check_labels, open_dataset, open_training_sets
 
-__all__ = ["DatasetInfo", "eval_loader", "eval_transform", "image_mode", "open_dataset", "open_training_sets",
-           "probe_images", "steps_per_epoch", "train_transform"]
+__all__ = ["DatasetInfo", "Unreadable", "eval_loader", "eval_transform", "image_mode", "open_dataset",
+           "open_training_sets", "probe_images", "steps_per_epoch", "train_transform"]
 
 
 @dataclass
@@ -55,6 +56,7 @@ def open_run_data(cfg: TrainConfig) -> RunData:
                            labels_file=cfg.val_labels, classes=classes)
         if val.num_classes not in (None, num_classes):
             raise DistillError(f"--val {val.name} has {val.num_classes} classes, the training data {num_classes}")
+        check_labels(val, num_classes)
     if cfg.soft_labels == "stored" and cfg.stage1_epochs > 0:
         for info in infos:
             if info.synthetic and info.soft_k is None:
@@ -92,10 +94,34 @@ def image_mode(in_chans: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- evaluation data
-def _shard_samples(info: DatasetInfo, url: str) -> Iterator[tuple[bytes | None, Any]]:
+@dataclass(frozen=True)
+class Unreadable:
+    """An evaluation image that could not be read or decoded: skipped, counted and named (`name`: its path, or
+    shard:key), travelling in the batch in place of the image."""
+
+    name: str
+    reason: str
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def collate_readable(items: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Unreadable]]:
+    """(images, labels, the unreadable ones) of an evaluation batch; images and labels None if none was readable."""
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    bad = [item for item in items if isinstance(item, Unreadable)]
+    if not good:
+        return None, None, bad
+    images, labels = zip(*good, strict=True)
+    return torch.stack(images), torch.tensor(labels), bad
+
+
+def _shard_samples(info: DatasetInfo, url: str) -> Iterator[tuple[str, bytes | None, Any]]:
     for sample in wds.tariterators.tarfile_samples([{"url": url}]):
         key = info.image_key or next((e for e in sample if e.lower() in IMAGE_EXTS), None)
-        yield sample.get(key) if key else None, sample.get(info.label_key)
+        yield sample.get("__key__", "?"), sample.get(key) if key else None, sample.get(info.label_key)
 
 
 class ShardEval(IterableDataset):
@@ -107,15 +133,32 @@ class ShardEval(IterableDataset):
         self.info, self.transform, self.mode, self.num_classes = info, transform, mode, num_classes
         self.rank, self.world_size = rank, world_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int] | Unreadable]:
         worker, workers = worker_slot()
         parts, part = self.world_size * workers, self.rank * workers + worker
         for url in self.info.urls[part::parts]:
-            try:
-                for data, label in _shard_samples(self.info, url):
-                    yield (self.transform(decode_image(data, self.mode)), parse_label(label, self.num_classes))
-            except Exception as exc:
-                raise DistillError(f"corrupt shard {url} in evaluation data ({exc}); rerun what made it") from None
+            samples = _shard_samples(self.info, url)
+            index = 0
+            while True:
+                try:
+                    key, data, label = next(samples)
+                except StopIteration:
+                    break
+                except Exception as exc:  # the tar itself fails: the rest of this shard is lost, counted once
+                    yield Unreadable(f"{url} (from sample {index})", _reason(exc))
+                    break
+                index += 1
+                try:
+                    image = decode_image(data, self.mode)
+                except Exception as exc:
+                    yield Unreadable(f"{url}:{key}", _reason(exc))
+                    continue
+                try:
+                    target = parse_label(label, self.num_classes)
+                except Exception as exc:  # a wrong label is not a damaged image: a wrong answer key stops the run
+                    raise DistillError(f"sample {key} of {url} in the evaluation data: {_reason(exc)}; it does not "
+                                       f"fit the {self.num_classes} classes of the training data") from None
+                yield self.transform(image), target
 
 
 class FileEval(Dataset):
@@ -127,13 +170,14 @@ class FileEval(Dataset):
     def __len__(self) -> int:
         return len(self.info.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | Unreadable:
         path = self.info.path / self.info.files[i]
         try:
             with Image.open(path) as image:
-                return self.transform(image.convert(self.mode)), self.info.labels[i]
-        except OSError as exc:
-            raise DistillError(f"unreadable image {path} in evaluation data ({exc})") from None
+                image = image.convert(self.mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unreadable, undecodable, not an image
+            return Unreadable(str(path), _reason(exc))
+        return self.transform(image), self.info.labels[i]
 
 
 def eval_dataset(info: DatasetInfo, transform: Callable, in_chans: int, num_classes: int, rank: int = 0,
@@ -146,20 +190,38 @@ def eval_dataset(info: DatasetInfo, transform: Callable, in_chans: int, num_clas
 
 def eval_loader(info: DatasetInfo, transform: Callable, in_chans: int, num_classes: int, batch_size: int,
                 workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of (images, labels, unreadable images skipped) of this rank's share of `info`; with workers, a batch
+    that takes longer than pipeline.LOADER_TIMEOUT_S is an error instead of a hang."""
     dataset = eval_dataset(info, transform, in_chans, num_classes, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), collate_fn=collate_readable,
+                      timeout=pipeline.LOADER_TIMEOUT_S if workers else 0)
+
+
+def guarded(loader: Iterable, what: str) -> Iterator[Any]:
+    """The loader's batches; its worker timeout becomes a one-line error saying where the run stood."""
+    try:
+        yield from loader
+    except RuntimeError as exc:
+        if "timed out" not in str(exc):
+            raise
+        raise DistillError(f"the {what} data loader delivered no batch for {pipeline.LOADER_TIMEOUT_S:g} s: a read "
+                           "is stuck (an unresponsive mount or disk?); check the data's storage, then rerun with "
+                           "--resume") from None
 
 
 def probe_images(info: DatasetInfo, transform: Callable, in_chans: int, count: int) -> torch.Tensor | None:
     """A fixed batch of evaluation-transformed images for the attention-distance probe: `count` images evenly
-    strided over the whole source (the first ones of an ImageFolder are all one class)."""
+    strided over the whole source (the first ones of an ImageFolder are all one class), fewer where some do not
+    read (None if none does)."""
     if count <= 0:
         return None
     mode = image_mode(in_chans)
     wanted = sorted({(k * info.n) // count for k in range(min(count, info.n))})
-    if info.files:
-        return torch.stack([FileEval(info, transform, mode)[i][0] for i in wanted])
+    if info.files:  # an unreadable image is the training loop's (or validation's) to report: take fewer
+        items = [FileEval(info, transform, mode)[i] for i in wanted]
+        images = [item[0] for item in items if not isinstance(item, Unreadable)]
+        return torch.stack(images) if images else None
     images, start, position = [], 0, 0
     for url, n in zip(info.urls, info.nsamples, strict=True):
         inside = [i - start for i in wanted[position:] if i < start + n]
@@ -168,7 +230,7 @@ def probe_images(info: DatasetInfo, transform: Callable, in_chans: int, count: i
             continue
         position += len(inside)
         try:  # a damaged training shard is the training loop's to report: just take fewer images
-            for j, (data, _) in enumerate(_shard_samples(info, url)):
+            for j, (_, data, _) in enumerate(_shard_samples(info, url)):
                 if j in inside:
                     images.append(transform(decode_image(data, mode)))
                 if j >= inside[-1]:

@@ -3,6 +3,7 @@ summed over ranks; the metrics record's validation fields; and `distill eval` on
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,23 +14,30 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
-from distill.data import eval_loader, eval_transform
-from distill.distributed import autocast
+from distill.data import eval_loader, eval_transform, guarded
+from distill.distributed import autocast, gather_objects
 from distill.errors import DistillError
-from distill.sources import open_dataset
+from distill.sources import check_labels, open_dataset
 
 
 @torch.no_grad()
 def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.device,
-             amp_dtype: torch.dtype | None = None, world_size: int = 1) -> dict[str, dict[str, float]]:
+             amp_dtype: torch.dtype | None = None, world_size: int = 1,
+             skipped: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Top-1 / top-5 accuracy (percent) of the averaged heads of every model (e.g. the student and its EMA) in one
-    pass over the data, summed over ranks: {name: {"top1", "top5", "n"}}."""
+    pass over the data, summed over ranks: {name: {"top1", "top5", "n"}}. Batches are (images, labels) or, from
+    `eval_loader`, (images, labels, unreadable images): those are left out of n and named in `skipped`."""
     modes = {name: model.training for name, model in models.items()}
     counts = {name: torch.zeros(3, dtype=torch.float64, device=device) for name in models}
     try:
         for model in models.values():
             model.eval()
-        for images, labels in loader:
+        for batch in guarded(loader, "evaluation"):
+            images, labels = batch[0], batch[1]
+            if len(batch) > 2 and skipped is not None:
+                skipped.update((item.name, item.reason) for item in batch[2])
+            if images is None:
+                continue
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             for name, model in models.items():
                 with autocast(device, amp_dtype):
@@ -52,20 +60,42 @@ def evaluate(models: dict[str, nn.Module], loader: Iterable, device: torch.devic
 
 
 def validate(model: nn.Module, ema: Any, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None,
-             world_size: int = 1) -> dict[str, Any]:
-    """The metrics record's validation fields: the student's top-1/top-5 and image count, and its EMA's accuracy."""
+             world_size: int = 1, max_bad_images: int = 10) -> dict[str, Any]:
+    """The metrics record's validation fields: the student's top-1/top-5 and image count, its EMA's accuracy, and
+    the images skipped as unreadable (all ranks'; more than `max_bad_images` stop the run)."""
     models = {"model": model, **({"ema": ema.module} if ema is not None else {})}
-    results = evaluate(models, loader, device, amp_dtype, world_size)
+    skipped: dict[str, str] = {}
+    results = evaluate(models, loader, device, amp_dtype, world_size, skipped)
+    for other in gather_objects(skipped, world_size):
+        skipped.update(other)
+    check_skipped(skipped, max_bad_images, results["model"]["n"])
     record = {"val_top1": results["model"]["top1"], "val_top5": results["model"]["top5"],
-              "val_n": results["model"]["n"]}
+              "val_n": results["model"]["n"], "val_skipped": sorted(skipped)}
     if ema is not None:
         record.update(ema_val_top1=results["ema"]["top1"], ema_val_top5=results["ema"]["top5"])
     return record
 
 
+def check_skipped(skipped: dict[str, str], limit: int, n: int) -> None:
+    """Unreadable evaluation images: a warning naming them; an error past `limit`, or when none could be read."""
+    if not skipped:
+        return
+    listed = ", ".join(sorted(skipped)[:5]) + (" ..." if len(skipped) > 5 else "")
+    last = sorted(skipped)[-1]
+    if n == 0:
+        raise DistillError(f"none of the evaluation images could be read ({len(skipped)} unreadable: {listed}; "
+                           f"{last}: {skipped[last]}); check the validation data")
+    if len(skipped) > limit:
+        raise DistillError(f"{len(skipped)} unreadable evaluation images ({listed}), more than the {limit} allowed "
+                           f"(max_bad_images); {last}: {skipped[last]}. Fix or remove them")
+    print(f"Warning: skipped {len(skipped)} unreadable evaluation image(s): {listed} ({last}: {skipped[last]})",
+          file=sys.stderr, flush=True)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, device: str = "auto", batch_size: int = 256,
                         workers: int | None = None, ema: bool = False, labels_file: str | None = None,
-                        image_key: str | None = None, label_key: str = "cls") -> dict[str, Any]:
+                        image_key: str | None = None, label_key: str = "cls",
+                        max_bad_images: int = 10) -> dict[str, Any]:
     """Top-1/top-5 (percent) and image count of a checkpoint's student on a source (dfgen dataset, ImageFolder,
     .tar shards, or a flat directory with `labels_file`), with the student's own evaluation transform; inference
     averages the two heads."""
@@ -78,6 +108,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, device: str = 
                         labels_file=labels_file)
     if info.num_classes not in (None, model.num_classes):
         raise DistillError(f"{data} has {info.num_classes} classes, the checkpoint's student {model.num_classes}")
+    check_labels(info, model.num_classes)
     in_chans = model.patch_embed.proj.in_channels
     if info.kind == "shards" and info.in_chans not in (None, in_chans):
         raise DistillError(f"{data} holds {info.in_chans}-channel images, the checkpoint's student takes {in_chans}")
@@ -85,4 +116,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, device: str = 
     loader = eval_loader(info, eval_transform(resolve_data_config({}, model=model)), in_chans, model.num_classes,
                          batch_size, workers)
     amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
-    return evaluate({"model": model}, loader, dev, amp_dtype)["model"]
+    skipped: dict[str, str] = {}
+    result = evaluate({"model": model}, loader, dev, amp_dtype, skipped=skipped)["model"]
+    check_skipped(skipped, max_bad_images, result["n"])
+    return result

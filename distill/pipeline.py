@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -27,7 +28,9 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from distill.errors import DistillError
-from distill.sources import IMAGE_EXTS, DatasetInfo
+from distill.sources import FOLDER_EXTS, IMAGE_EXTS, DatasetInfo
+
+LOADER_TIMEOUT_S = 1800.0  # a loader worker that delivers no batch for this long is stuck (a dead mount, a lock)
 
 
 # ------------------------------------------------------------------------------------------- corrupt shards
@@ -38,25 +41,34 @@ class BadShards:
     def __init__(self, known: set[str] | None = None) -> None:
         self.known = set(known or ())
         self.pending: list[tuple[str, str]] = []
+        self.last: tuple[str, str] | None = None  # the latest report, for the message when nothing is left
 
     def report(self, url: str, exc: BaseException | str) -> None:
         if url in self.known:
             return
         self.known.add(url)
-        self.pending.append((url, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__))
+        self.last = (url, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        self.pending.append(self.last)
 
     def take(self) -> list[tuple[str, str]]:
         pending, self.pending = self.pending, []
         return pending
 
 
+def is_image_file(url: str) -> bool:
+    """Whether a reported url is one image file (of an ImageFolder) rather than a shard."""
+    return Path(url).suffix.lower() in FOLDER_EXTS
+
+
 class ShardHealth:
-    """The main process's count of corrupt shards (all workers, and all ranks after `merge`): each is named in a
-    warning once; more than `limit` of them stop the run (a dataset that bad needs fixing, not skipping)."""
+    """The main process's count of corrupt shards and unreadable image files (all workers, and all ranks after
+    `merge`): each is named in a warning once; more than `limit` shards or `image_limit` images stop the run (a
+    dataset that bad needs fixing, not skipping)."""
 
     def __init__(self, limit: int, rank: int = 0, bad: dict[str, str] | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, image_limit: int | None = None) -> None:
         self.limit = limit
+        self.image_limit = limit if image_limit is None else image_limit
         self.rank = rank
         self.bad: dict[str, str] = dict(bad or {})
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -67,8 +79,10 @@ class ShardHealth:
                 continue
             self.bad[url] = reason
             self.check(url)
-            self.warn(f"Warning: [rank {self.rank}] skipping corrupt shard {url} ({reason}); "
-                      f"{len(self.bad)} of at most {self.limit} skipped")
+            image = is_image_file(url)
+            count = sum(is_image_file(u) == image for u in self.bad)
+            self.warn(f"Warning: [rank {self.rank}] skipping {'unreadable image' if image else 'corrupt shard'} {url} "
+                      f"({reason}); {count} of at most {self.image_limit if image else self.limit} skipped")
 
     def merge(self, every_rank: list[dict[str, str]]) -> None:
         """Take in the shards the other ranks found (the gathered `bad` of every rank), then check the limit."""
@@ -78,12 +92,28 @@ class ShardHealth:
         self.check()
 
     def check(self, last: str | None = None) -> None:
-        if len(self.bad) <= self.limit:
-            return
-        listed = ", ".join(Path(u).name for u in self.bad)
         tail = f"; last: {last}: {self.bad[last]}" if last else ""
-        raise DistillError(f"{len(self.bad)} corrupt shards ({listed}), more than the {self.limit} allowed{tail}. "
+        images = [u for u in self.bad if is_image_file(u)]
+        if len(images) > self.image_limit:
+            listed = ", ".join(images[:5]) + (" ..." if len(images) > 5 else "")
+            raise DistillError(f"{len(images)} unreadable training images ({listed}), more than the "
+                               f"{self.image_limit} allowed (max_bad_images){tail}. Fix or remove them")
+        shards = [u for u in self.bad if not is_image_file(u)]
+        if len(shards) <= self.limit:
+            return
+        listed = ", ".join(Path(u).name for u in shards)
+        raise DistillError(f"{len(shards)} corrupt shards ({listed}), more than the {self.limit} allowed{tail}. "
                            "Check the data (`dfgen index DIR` for a dfgen dataset) and rerun what made it")
+
+    def summary(self) -> str | None:
+        """The line a run ends with when it skipped anything: how many, and which."""
+        if not self.bad:
+            return None
+        images = sorted(u for u in self.bad if is_image_file(u))
+        shards = sorted(Path(u).name for u in self.bad if not is_image_file(u))
+        parts = [f"{len(shards)} corrupt shard(s) ({', '.join(shards)})" if shards else "",
+                 f"{len(images)} unreadable image(s) ({', '.join(images)})" if images else ""]
+        return "skipped in training: " + "; ".join(p for p in parts if p)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -115,11 +145,19 @@ def shard_draws(info: DatasetInfo, rng: random.Random, bad: BadShards) -> Iterat
     while True:
         if len(bad.known) != known_bad:
             known_bad = len(bad.known)
-            good = [i for i, u in enumerate(info.urls) if u not in bad.known]
+            good = [i for i, u in enumerate(info.urls) if u not in bad.known and not _chunk_lost(info, i, bad)]
             if not good:
-                raise DistillError(f"every shard of {info.name} is corrupt; rerun what made them")
+                last = f" (last: {bad.last[0]}: {bad.last[1]})" if bad.last else ""
+                if info.kind == "imagefolder":
+                    raise DistillError(f"no image of the ImageFolder {info.name} can be read{last}; check its files")
+                raise DistillError(f"every shard of {info.name} is corrupt{last}; rerun what made them")
             cum = list(np.cumsum([max(info.nsamples[i], 1) for i in good]))
         yield good[rng.choices(range(len(good)), cum_weights=cum)[0]]
+
+
+def _chunk_lost(info: DatasetInfo, k: int, bad: BadShards) -> bool:
+    """An ImageFolder chunk none of whose files can be read (each reported)."""
+    return info.kind == "imagefolder" and all(str(info.path / info.files[i]) in bad.known for i in info.chunks[k])
 
 
 def read_shard(info: DatasetInfo, k: int, bad: BadShards) -> Iterator[dict[str, Any]]:
@@ -129,6 +167,8 @@ def read_shard(info: DatasetInfo, k: int, bad: BadShards) -> Iterator[dict[str, 
     if info.kind == "imagefolder":
         for i in info.chunks[k]:
             path = info.path / info.files[i]
+            if str(path) in bad.known:  # found unreadable before: not read again
+                continue
             try:
                 data = path.read_bytes()
             except OSError as exc:
@@ -187,10 +227,16 @@ def decode_image(data: bytes | None, mode: str, what: str = "sample") -> Image.I
         return image.convert(mode)
 
 
+class DataMismatch(ValueError):
+    """A sample that reads but does not fit the run (a label past the class count, stored soft labels missing,
+    misshapen or not finite): the data or the settings are wrong, not the file; the run stops and names it."""
+
+
 def parse_label(value: Any, num_classes: int) -> int:
     label = int(value.decode() if isinstance(value, bytes) else value)
     if not 0 <= label < num_classes:
-        raise ValueError(f"label {label} outside 0..{num_classes - 1}")
+        raise DataMismatch(f"label {label} is outside the {num_classes} classes (0..{num_classes - 1}); check "
+                           "--num-classes or the dataset's labels")
     return label
 
 
@@ -204,7 +250,8 @@ def stored_view(meta: dict[str, Any], image: Image.Image, rng: random.Random) ->
     boxes, index, logit = views.get("box"), views.get("index"), views.get("logit")
     if not (isinstance(boxes, list) and isinstance(index, list) and isinstance(logit, list)
             and len(boxes) == len(index) == len(logit) and boxes):
-        raise ValueError("malformed \"soft_views\" entry (box, index and logit must be lists of the same length)")
+        raise DataMismatch("malformed stored views (\"soft_views\": box, index and logit must be lists of the same "
+                           "length)")
     v = rng.randrange(len(boxes))
     if not isinstance(boxes[v], list) or len(boxes[v]) != 5:
         raise ValueError("malformed \"soft_views\" box (top, left, height, width, flip)")
@@ -226,14 +273,19 @@ def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool
     logits = torch.full((num_classes,), float("-inf"))
     if soft is None:
         if required:
-            raise ValueError("no stored soft labels (\"soft\") in its JSON")
+            raise DataMismatch("no stored soft labels (\"soft\") in its JSON, though its dataset.json says it stores "
+                               "them; re-synthesize it, or use --soft-labels online")
         logits[label] = 0.0
         return logits
     index, values = soft.get("index"), soft.get("logit")
     if not isinstance(index, list) or not isinstance(values, list) or len(index) != len(values) or not index:
-        raise ValueError("malformed \"soft\" entry (index and logit must be lists of the same length)")
-    if min(index) < 0 or max(index) >= num_classes:
-        raise ValueError(f"stored soft label index outside 0..{num_classes - 1}")
+        raise DataMismatch(f"wrongly sized stored soft label (\"soft\": {len(index or [])} indices for "
+                           f"{len(values or [])} logits; they must be lists of the same length)")
+    if not all(isinstance(i, int) and 0 <= i < num_classes for i in index):
+        raise DataMismatch(f"stored soft label index outside the {num_classes} classes (0..{num_classes - 1})")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise DataMismatch(f"stored logits are not finite ({', '.join(str(v) for v in values[:5])}); re-synthesize "
+                           "the dataset (its teacher diverged)")
     logits[torch.tensor(index, dtype=torch.long)] = torch.tensor(values, dtype=torch.float32)
     return logits
 
@@ -257,6 +309,8 @@ def decode_samples(src: Iterator[dict], infos: list[DatasetInfo], settings: Stre
                     (image, entry), transform = view, settings.view_transform
                 required = infos[sample["source"]].soft_k is not None
                 soft = dense_logits(entry, label, settings.num_classes, required)
+        except DataMismatch as exc:
+            raise DistillError(f"sample {sample['key']} of {sample['url']}: {exc}") from None
         except Exception as exc:
             bad.report(sample["url"], f"sample {sample['key']}: {exc}")
             continue
@@ -293,5 +347,5 @@ def train_loader(infos: list[DatasetInfo], settings: StreamSettings, steps: int,
         partial(batches, batch_size=settings.batch_size, bad=bad),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, worker_init_fn=_seed_numpy,
-                           pin_memory=torch.cuda.is_available())
+                           pin_memory=torch.cuda.is_available(), timeout=LOADER_TIMEOUT_S if workers else 0)
     return loader.with_epoch(steps)

@@ -29,6 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.checkpoint import (
     CHECKPOINT_FORMAT,
+    kept_rng,
+    load_weights,
     pack_rng,
     restore_rng,
     resume_point,
@@ -41,6 +43,7 @@ from distill.data import (
     RunData,
     eval_loader,
     eval_transform,
+    guarded,
     image_mode,
     loader_workers,
     open_run_data,
@@ -52,7 +55,9 @@ from distill.data import (
 )
 from distill.distributed import DistEnv, gather_objects, resolve_precision, setup_distributed
 from distill.engine import EpochContext, StudentForward, train_one_epoch
+from distill.errors import DistillError
 from distill.evaluation import validate
+from distill.identity import run_data_identity
 from distill.losses import PairedMixup, label_criterion
 from distill.models import DearKD, average_attention_distance
 from distill.optim import Optimization, Trainable, build_optimization, make_aligners
@@ -87,6 +92,8 @@ class Run:
     num_updates: int = 0
     best_top1: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl's lines so far
+    identity: dict[str, Any] = field(default_factory=dict)  # the data's content identity (distill.identity)
+    val_skipped: set[str] = field(default_factory=set)  # unreadable validation images met so far
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -117,15 +124,28 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             run.ctx.drop_teacher()
             env.log(f"stage 2 from epoch {epoch + 1}: teacher dropped")
         record = _train_epoch(run, epoch, stage)
+        # the state the next epoch starts from, gathered from every rank (a collective call) before evaluation
+        rng = gather_objects(rng_state(env.device), env.world_size)
+        _save_epoch(run, record, rng, improved=False)  # a failing evaluation costs no trained epoch
         # Evaluating, probing attention and plotting cost ~20% of a small CPU run: every eval_every epochs and last.
-        measured = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-        if measured:
-            record.update(_measure(run))
-        _end_epoch(run, record, measured)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            with kept_rng(env.device):  # evaluation draws nothing the next epoch sees: resumed runs stay exact
+                record.update(_measure(run))
+            improved = record.get("val_top1") is not None and (run.best_top1 is None
+                                                               or record["val_top1"] > run.best_top1)
+            if improved:
+                run.best_top1 = record["val_top1"]
+            _save_epoch(run, record, rng, improved)
+            if env.main:
+                plot_curves(run.records, Path(cfg.out) / "curves.png", cfg.stage1_epochs)
+        env.log(summary_line(record, cfg.epochs))
         epochs_run += 1
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch + 1 < cfg.epochs:
             env.log(f"stopping after {epochs_run} epoch(s) as asked; continue with --resume")
             break
+    for line in (run.health.summary(), _skipped_line(run.val_skipped)):
+        if line:
+            env.log(line)
     out = Path(cfg.out)
     best = out / "best.pt"
     return {"out": str(out), "last": str(out / "last.pt"), "best": str(best) if best.exists() else None,
@@ -141,7 +161,8 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     data = open_run_data(cfg)
     rank_batch = rank_batch_size(cfg, env.world_size)
     steps = steps_per_epoch(data.infos, cfg.batch_size)
-    ckpt = resume_point(cfg, env, out)
+    identity = run_data_identity(data.infos, data.val)
+    ckpt = resume_point(cfg, env, out, identity)
     start_epoch = int(ckpt["epoch"]) if ckpt else 0
     if start_epoch >= cfg.epochs:
         env.log(f"{out} is already trained for {cfg.epochs} epochs")
@@ -171,7 +192,8 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     trainable = Trainable(model, aligners)
     amp_dtype = resolve_precision(cfg.precision, device)
     opt = build_optimization(cfg, trainable, steps, amp_dtype)
-    health = ShardHealth(cfg.max_bad_shards, env.rank, json.loads(ckpt.get("bad_shards") or "{}") if ckpt else None)
+    health = ShardHealth(cfg.max_bad_shards, env.rank, json.loads(ckpt.get("bad_shards") or "{}") if ckpt else None,
+                         image_limit=cfg.max_bad_images)
 
     ctx = EpochContext(student=_wrap_student(model, env), model=model, optimizer=opt.optimizer,
                        scheduler=opt.scheduler, criterion=label_criterion(cfg.mixing, cfg.smoothing), device=device,
@@ -184,7 +206,7 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     views = stored and cfg.stored_views and any(i.soft_views for i in data.infos)
     transforms = (train_transform(cfg, data_config), t_eval, view_transform(cfg, data_config) if views else None)
     run = Run(cfg, env, data, steps, rank_batch, model, aligners, pairs, opt, ctx, health, transforms,
-              loader_workers(cfg.workers, device), probe, start_epoch)
+              loader_workers(cfg.workers, device), probe, start_epoch, identity=identity)
     if ckpt is not None:
         _restore(run, trainable, ckpt)
     if env.main:
@@ -226,10 +248,19 @@ def _mixup(cfg: TrainConfig, num_classes: int) -> PairedMixup | None:
 
 def _restore(run: Run, trainable: Trainable, ckpt: dict[str, Any]) -> None:
     """The weights, optimizer, schedule, scaler, EMA, counters and metrics of a resumed run."""
-    trainable.load_state_dict({**{f"model.{k}": v for k, v in ckpt["model"].items()},
-                               **{f"aligners.{k}": v for k, v in ckpt["aligners"].items()}})
-    run.opt.load_state_dict(ckpt)
-    run.num_updates = int(ckpt["num_updates"])
+    last = Path(run.cfg.out) / "last.pt"
+    model, aligners = ckpt.get("model"), ckpt.get("aligners")
+    if not isinstance(model, dict) or not isinstance(aligners, dict):
+        raise DistillError(f"{last} holds no model or aligner weights; it is damaged: start again in another --out")
+    load_weights(trainable, {**{f"model.{k}": v for k, v in model.items()},
+                             **{f"aligners.{k}": v for k, v in aligners.items()}}, f"the weights in {last}")
+    try:
+        run.opt.load_state_dict(ckpt)
+        run.num_updates = int(ckpt["num_updates"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DistillError(f"{last}: the optimizer state does not fit this run ({first}); it is damaged: start "
+                           "again in another --out") from None
     run.best_top1 = float(ckpt["best_top1"]) if ckpt.get("best_top1") is not None else None
     out = Path(run.cfg.out)
     run.records = [r for r in read_metrics(out / "metrics.jsonl") if r.get("epoch", 0) <= run.start_epoch]
@@ -249,7 +280,7 @@ def _train_epoch(run: Run, epoch: int, stage: int) -> dict[str, Any]:
                               soft=cfg.soft_labels == "stored" and stage == 1,
                               view_transform=run.transforms[2] if stage == 1 else None)
     loader = train_loader(data.infos, settings, run.steps, run.workers, set(run.health.bad))
-    stats, run.num_updates = train_one_epoch(run.ctx, loader, run.steps, run.num_updates,
+    stats, run.num_updates = train_one_epoch(run.ctx, guarded(loader, "training"), run.steps, run.num_updates,
                                              desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}",
                                              progress=env.main and not cfg.quiet)
     run.health.merge(gather_objects(run.health.bad, env.world_size))  # every rank stops together at the limit
@@ -263,28 +294,31 @@ def _measure(run: Run) -> dict[str, Any]:
     if data.val is not None:
         loader = eval_loader(data.val, run.transforms[1], data.in_chans, data.num_classes,
                              cfg.eval_batch_size or run.rank_batch, run.workers, env.rank, env.world_size)
-        record.update(validate(run.model, run.opt.ema, loader, env.device, run.ctx.amp_dtype, env.world_size))
+        record.update(validate(run.model, run.opt.ema, loader, env.device, run.ctx.amp_dtype, env.world_size,
+                               cfg.max_bad_images))
+        run.val_skipped.update(record["val_skipped"])
+        record["val_skipped"] = len(record["val_skipped"])
     if run.probe is not None:
         record["attn_distance"] = average_attention_distance(run.model, run.probe)
     return record
 
 
-def _end_epoch(run: Run, record: dict[str, Any], measured: bool) -> None:
-    """The best top-1 so far; on the main rank metrics.jsonl, last.pt (best.pt if improved), curves.png and the
-    epoch's line. Every rank's RNG state is gathered (a collective call) into the checkpoint."""
-    rng = gather_objects(rng_state(run.env.device), run.env.world_size)
-    improved = record.get("val_top1") is not None and (run.best_top1 is None or record["val_top1"] > run.best_top1)
-    if improved:
-        run.best_top1 = record["val_top1"]
+def _save_epoch(run: Run, record: dict[str, Any], rng: list[dict[str, Any]], improved: bool) -> None:
+    """On the main rank: metrics.jsonl with the epoch's record (added once, rewritten when evaluation adds to it),
+    last.pt, and best.pt if the validation top-1 improved."""
     if not run.env.main:
         return
     out = Path(run.cfg.out)
-    run.records.append(record)
+    if not run.records or run.records[-1] is not record:
+        run.records.append(record)
     write_metrics(out / "metrics.jsonl", run.records)
     save_epoch_checkpoints(out, _checkpoint_state(run, record, rng), improved)
-    if measured:
-        plot_curves(run.records, out / "curves.png", run.cfg.stage1_epochs)
-    run.env.log(summary_line(record, run.cfg.epochs))
+
+
+def _skipped_line(skipped: set[str]) -> str | None:
+    if not skipped:
+        return None
+    return f"skipped in validation: {len(skipped)} unreadable image(s) ({', '.join(sorted(skipped))})"
 
 
 def _checkpoint_state(run: Run, record: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -307,4 +341,5 @@ def _checkpoint_state(run: Run, record: dict[str, Any], rng: list[dict[str, Any]
         "world_size": run.env.world_size,
         "rng": pack_rng(rng),
         "bad_shards": json.dumps(run.health.bad),
+        "data_identity": json.dumps(run.identity),
     }
