@@ -100,7 +100,7 @@ def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int |
                            "ImageFolder or WebDataset shards)")
     if (path / "dataset.json").is_file() or (path / "index.json").is_file():
         return _subset_shards(_open_dfgen(path), fraction)
-    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    entries = scan_dir(path)
     tars = [e.path for e in entries if e.is_file() and e.name.endswith(".tar")]
     if tars:
         return _subset_shards(_open_webdataset(text, tars, num_classes, image_key, label_key), fraction)
@@ -235,6 +235,19 @@ def _image_shape(data: bytes) -> tuple[int, tuple[int, int, int]]:
         return chans, (chans, image.height, image.width)
 
 
+def _first_shape(path: Path, files: list[str], tries: int = 100) -> tuple[int, tuple[int, int, int]]:
+    """`_image_shape` of the first of `files` that reads: an unreadable image is skipped (and named) when it is met
+    in training or evaluation, not at the start; an error only if none of the first `tries` reads."""
+    failures = []
+    for name in files[:tries]:
+        try:
+            return _image_shape((path / name).read_bytes())
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            failures.append(f"{name}: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}")
+    raise DistillError(f"none of the first {len(failures)} images of {path} can be read ({failures[-1]}); check its "
+                       "files")
+
+
 def _subset_shards(info: DatasetInfo, fraction: float) -> DatasetInfo:
     if fraction >= 1:
         return info
@@ -246,6 +259,60 @@ def _subset_shards(info: DatasetInfo, fraction: float) -> DatasetInfo:
     return info
 
 
+@dataclass(frozen=True)
+class DirEntry:
+    """A directory entry with its kind looked up once (os.DirEntry's lookups raise on a symbolic-link loop)."""
+
+    name: str
+    path: str
+    dir: bool
+    file: bool
+
+    def is_dir(self) -> bool:
+        return self.dir
+
+    def is_file(self) -> bool:
+        return self.file
+
+
+def scan_dir(path: Path) -> list[DirEntry]:
+    """The entries of a directory by name; a symbolic-link loop or an unlistable directory is a one-line error."""
+    try:
+        found = list(os.scandir(path))
+    except OSError as exc:
+        raise DistillError(f"cannot list {path} ({exc.strerror or exc})") from None
+    entries = []
+    for entry in found:
+        try:
+            entries.append(DirEntry(entry.name, entry.path, entry.is_dir(), entry.is_file()))
+        except OSError as exc:  # ELOOP: a link that points (through others) back at itself
+            raise DistillError(f"{entry.path}: {exc.strerror or exc} (a symbolic link loop?); remove or fix the "
+                               "link") from None
+    return sorted(entries, key=lambda e: e.name)
+
+
+def subset_counts(sizes: list[int], fraction: float) -> list[int]:
+    """How many images of each class a `fraction` subset keeps: round(fraction x total) in all, spread over the
+    classes in proportion to their sizes (largest remainders first), so small folders get the share asked for."""
+    total = max(1, round(fraction * sum(sizes)))
+    exact = [fraction * n for n in sizes]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda c: (-(exact[c] - counts[c]), c))
+    for c in by_remainder[:max(0, total - sum(counts))]:
+        counts[c] += 1
+    return [min(count, n) for count, n in zip(counts, sizes, strict=True)]
+
+
+def check_labels(info: DatasetInfo, num_classes: int) -> None:
+    """Every label of a file-based source (ImageFolder, flat directory with a label file) is a class of the model;
+    a one-line error naming the first file that is not (it would count as a wrong answer)."""
+    for name, label in zip(info.files, info.labels, strict=True):
+        if not 0 <= label < num_classes:
+            where = f" ({info.description['labels_file']})" if info.description.get("labels_file") else ""
+            raise DistillError(f"{info.path / name} has label {label}{where}, outside the {num_classes} classes "
+                               f"(0..{num_classes - 1}); fix the label file or the class count")
+
+
 def _class_index(names: list[str], classes: list[str] | None) -> dict[str, int]:
     """Class name -> index: by the training data's class list when it names them all, else sorted order."""
     if classes and all(n in classes for n in names):
@@ -254,15 +321,16 @@ def _class_index(names: list[str], classes: list[str] | None) -> dict[str, int]:
 
 
 def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> DatasetInfo:
-    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    names = [e.name for e in scan_dir(path) if e.is_dir() and not e.name.startswith(".")]
     index = _class_index(names, classes)
+    per_class = [[f"{name}/{e.name}" for e in scan_dir(path / name)
+                  if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS] for name in names]
+    counts = subset_counts([len(found) for found in per_class], fraction) if fraction < 1 else None
     files, labels = [], []
     rng = random.Random(SUBSET_SEED)
-    for name in names:
-        found = sorted(f"{name}/{e.name}" for e in os.scandir(path / name)
-                       if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS)
-        if fraction < 1 and found:
-            found = sorted(rng.sample(found, max(1, math.ceil(fraction * len(found)))))
+    for c, (name, found) in enumerate(zip(names, per_class, strict=True)):
+        if counts is not None:
+            found = sorted(rng.sample(found, counts[c]))
         files += found
         labels += [index[name]] * len(found)
     if not files:
@@ -270,7 +338,7 @@ def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> Data
     order = list(range(len(files)))
     random.Random(SUBSET_SEED).shuffle(order)  # chunks of mixed classes, fixed for the folder
     chunks = [sorted(order[i:i + CHUNK_SIZE]) for i in range(0, len(order), CHUNK_SIZE)]
-    in_chans, size = _image_shape((path / files[0]).read_bytes())
+    in_chans, size = _first_shape(path, files)
     # indexed by the training data's class list, a folder may hold only some of the classes: no count to check then
     num_classes = len(names) if max(labels) < len(names) else None
     return DatasetInfo(path=path, kind="imagefolder", n=len(files), num_classes=num_classes,
@@ -306,7 +374,7 @@ def read_label_file(labels_file: str | Path, classes: list[str] | None) -> dict[
 
 def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> DatasetInfo:
     table = read_label_file(labels_file, classes)
-    files = sorted(e.name for e in os.scandir(path) if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS)
+    files = [e.name for e in scan_dir(path) if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS]
     labels, missing = [], []
     for name in files:
         label = table.get(name, table.get(Path(name).stem))
@@ -316,6 +384,6 @@ def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> Datas
     if missing:
         raise DistillError(f"{labels_file} gives no label for {len(missing)} of the {len(files)} images in {path} "
                            f"(first: {missing[0]})")
-    in_chans, size = _image_shape((path / files[0]).read_bytes())
+    in_chans, size = _first_shape(path, files)
     return DatasetInfo(path=path, kind="flat", n=len(files), num_classes=None, in_chans=in_chans, image_size=size,
-                       files=files, labels=labels, name=str(path))
+                       files=files, labels=labels, name=str(path), description={"labels_file": str(labels_file)})
