@@ -254,10 +254,10 @@ def stored_view(meta: dict[str, Any], image: Image.Image, rng: random.Random) ->
                            "length)")
     v = rng.randrange(len(boxes))
     if not isinstance(boxes[v], list) or len(boxes[v]) != 5:
-        raise ValueError("malformed \"soft_views\" box (top, left, height, width, flip)")
+        raise DataMismatch("malformed \"soft_views\" box (top, left, height, width, flip)")
     top, left, height, width, flip = (int(b) for b in boxes[v])
     if top < 0 or left < 0 or height < 1 or width < 1 or top + height > image.height or left + width > image.width:
-        raise ValueError(f"stored view box {boxes[v]} outside the {image.width}x{image.height} image")
+        raise DataMismatch(f"stored view box {boxes[v]} outside the {image.width}x{image.height} image")
     view = image.crop((left, top, left + width, top + height))
     if view.size != image.size:
         view = view.resize(image.size, Image.Resampling.BILINEAR)
@@ -279,10 +279,10 @@ def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool
         return logits
     index, values = soft.get("index"), soft.get("logit")
     if not isinstance(index, list) or not isinstance(values, list) or len(index) != len(values) or not index:
-        raise DataMismatch(f"wrongly sized stored soft label (\"soft\": {len(index or [])} indices for "
+        raise DataMismatch(f"malformed, wrongly sized stored soft label (\"soft\": {len(index or [])} indices for "
                            f"{len(values or [])} logits; they must be lists of the same length)")
     if not all(isinstance(i, int) and 0 <= i < num_classes for i in index):
-        raise DataMismatch(f"stored soft label index outside the {num_classes} classes (0..{num_classes - 1})")
+        raise DataMismatch(f"stored soft label index outside 0..{num_classes - 1} (the {num_classes} classes)")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         raise DataMismatch(f"stored logits are not finite ({', '.join(str(v) for v in values[:5])}); re-synthesize "
                            "the dataset (its teacher diverged)")

@@ -255,7 +255,7 @@ def test_hidden_causes_are_named(tmp_path):
                 "source": 0}
 
     cases = [({}, "no stored soft labels"), ({"soft": {"index": [3, 4], "logit": [1.0]}}, "wrongly sized"),
-             ({"soft": {"index": [3, 11], "logit": [1.0, 0.5]}}, "index outside the 10 classes"),
+             ({"soft": {"index": [3, 11], "logit": [1.0, 0.5]}}, r"index outside 0..9 \(the 10 classes\)"),
              ({"soft": {"index": [3, 4], "logit": [float("nan"), 0.5]}}, r"stored logits are not finite \(nan")]
     for meta, message in cases:
         with pytest.raises(DistillError, match=f"sample 000007 of s.tar: .*{message}"):
