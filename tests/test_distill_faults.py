@@ -179,6 +179,22 @@ def test_unreadable_training_image_is_skipped_not_a_failed_start(digits, tmp_pat
         train(tiny_config([train_dir], tmp_path / "again", max_bad_images=1))
 
 
+def test_an_undecodable_image_in_evaluation_shards_is_skipped_and_a_wrong_label_named(tmp_path):
+    import webdataset as wds
+
+    from distill.data import Unreadable, eval_dataset
+
+    tar = tmp_path / "val-000000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        for key, image, label in (("a", png(), b"1"), ("b", b"garbage", b"2"), ("c", png(), b"3")):
+            sink.write({"__key__": key, "png": image, "cls": label})
+    items = list(eval_dataset(open_dataset(str(tar), num_classes=10), lambda image: torch.zeros(1), 1, 10))
+    assert [item[1] for item in items if not isinstance(item, Unreadable)] == [1, 3]
+    assert [item.name for item in items if isinstance(item, Unreadable)] == [f"{tar}:b"]
+    with pytest.raises(DistillError, match=rf"sample c of {tar} in the evaluation data: label 3 is outside the 3 "):
+        list(eval_dataset(open_dataset(str(tar), num_classes=3), lambda image: torch.zeros(1), 1, 3))
+
+
 def test_an_imagefolder_none_of_whose_images_decodes_is_an_error_not_a_hang(tmp_path):
     root = folder(tmp_path / "train", classes=2, per_class=3)
     info = open_dataset(root)
