@@ -223,7 +223,7 @@ def test_real_imagefolder_mixed_with_a_dfgen_set_trains_and_logs_the_mix(digits,
                           shuffle_buffer=32)
     train(config)
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
-    real = open_dataset(digits_folder / "train", fraction=0.5).n  # half of each class, rounded up
+    real = open_dataset(digits_folder / "train", fraction=0.5).n  # half of the images, spread over the classes
     assert record["rank_steps"] == [(real + 32) // 16] and record["val_n"] == 32 and "loss_hidden" in record
     # 64 draws of a 0.1 share (by size it would be ~0.5); the ratio itself is checked on 2,000 draws above
     assert sum(record["mix"]) == pytest.approx(1.0) and record["mix"][0] < 0.3
