@@ -78,8 +78,8 @@ def test_imagefolder_is_dealt_into_chunks_of_mixed_classes(digits_folder, monkey
     assert all(len({info.labels[i] for i in chunk}) >= 5 for chunk in info.chunks)  # sorted files: 1-3 classes
     counts = Counter(info.labels)
     half = open_dataset(digits_folder / "train", fraction=0.5)
-    assert half.n == sum(math.ceil(0.5 * c) for c in counts.values())
-    assert Counter(half.labels) == {c: math.ceil(0.5 * n) for c, n in counts.items()}
+    assert half.n == 32  # half of the 64, spread over the classes: each keeps half its images, rounded either way
+    assert all(math.floor(0.5 * n) <= Counter(half.labels)[c] <= math.ceil(0.5 * n) for c, n in counts.items())
     assert half.files == open_dataset(digits_folder / "train", fraction=0.5).files  # the same subset every run
 
 
