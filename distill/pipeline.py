@@ -279,8 +279,9 @@ def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool
         return logits
     index, values = soft.get("index"), soft.get("logit")
     if not isinstance(index, list) or not isinstance(values, list) or len(index) != len(values) or not index:
-        raise DataMismatch(f"malformed, wrongly sized stored soft label (\"soft\": {len(index or [])} indices for "
-                           f"{len(values or [])} logits; they must be lists of the same length)")
+        sizes = [len(v) if isinstance(v, list) else 0 for v in (index, values)]
+        raise DataMismatch(f"malformed, wrongly sized stored soft label (\"soft\": {sizes[0]} indices for {sizes[1]} "
+                           "logits; they must be lists of the same length)")
     if not all(isinstance(i, int) and 0 <= i < num_classes for i in index):
         raise DataMismatch(f"stored soft label index outside 0..{num_classes - 1} (the {num_classes} classes)")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
