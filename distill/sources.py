@@ -354,14 +354,18 @@ def read_label_file(labels_file: str | Path, classes: list[str] | None) -> dict[
     if not path.is_file():
         raise DistillError(f"label file {path} not found")
     rows = []
-    with open(path, newline="") as handle:
-        for line in csv.reader(handle, delimiter="," if path.suffix.lower() == ".csv" else " ", skipinitialspace=True):
-            fields = [f for part in line for f in part.split()]
-            if len(fields) >= 2 and fields[0] != "ImageId":
-                rows.append((fields[0], fields[1]))
-            elif len(fields) == 1:
-                raise DistillError(f"{path}: a line without a file name ({fields[0]!r}); write \"FILE LABEL\" lines "
-                                   "(the devkit's bare ILSVRC ids are in another class order)")
+    try:
+        with open(path, newline="") as handle:
+            for line in csv.reader(handle, delimiter="," if path.suffix.lower() == ".csv" else " ",
+                                   skipinitialspace=True):
+                fields = [f for part in line for f in part.split()]
+                if len(fields) >= 2 and fields[0] != "ImageId":
+                    rows.append((fields[0], fields[1]))
+                elif len(fields) == 1:
+                    raise DistillError(f"{path}: a line without a file name ({fields[0]!r}); write \"FILE LABEL\" "
+                                       "lines (the devkit's bare ILSVRC ids are in another class order)")
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DistillError(f"label file {path} is not text of \"FILE LABEL\" lines ({exc})") from None
     if not rows:
         raise DistillError(f"{path} holds no \"FILE LABEL\" lines")
     names = sorted({label for _, label in rows if not label.lstrip("-").isdigit()})

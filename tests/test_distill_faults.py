@@ -250,6 +250,9 @@ def test_flat_validation_labels_outside_the_classes_name_the_file(digits, tmp_pa
     with pytest.raises(DistillError, match=rf"{flat / '1.png'} has label 12 \({tmp_path / 'labels.txt'}\), outside "
                                            r"the 10 classes"):
         open_run_data(cfg)
+    (tmp_path / "labels.txt").write_bytes(b"\x89PNG\x00\xff binary")
+    with pytest.raises(DistillError, match="is not text of \"FILE LABEL\" lines"):
+        open_run_data(cfg)
 
 
 def test_hidden_causes_are_named(tmp_path):
