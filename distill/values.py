@@ -6,6 +6,7 @@ made of JSON values only."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from distill.errors import DistillError
@@ -35,7 +36,7 @@ def coerce(name: str, kind: str, value: Any) -> Any:
     if base == "str":
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):  # a number, a Path
             return str(value)
         raise DistillError(f"{name} must be a text value, got {value!r}")
     return value

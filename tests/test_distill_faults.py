@@ -95,6 +95,7 @@ def test_numbers_written_as_text_are_numbers_and_a_runs_config_json_is_a_preset(
     preset.write_text("shards: [x]\nlr: 5e-4\nepochs: '10'\nstage1_epochs: 4\nema: 'true'\n")
     cfg = build_config(preset)
     assert (cfg.lr, cfg.epochs, cfg.ema) == (5e-4, 10, True) and isinstance(cfg.epochs, int)
+    assert build_config(None, shards=[tmp_path], val=tmp_path, out=tmp_path / "o").out == str(tmp_path / "o")
     write_config(tmp_path, cfg)  # what a run writes into its directory
     assert build_config(tmp_path / "config.json").content() == cfg.content()
 
