@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dfgen.errors import DfgenError
@@ -12,12 +11,16 @@ from dfgen.shards import shard_done, shard_paths
 def rebuild_index(out: Path) -> str:
     """Check all shards (sha256 against sidecars); write index.json and dataset.json when complete.
     Needs no teacher. Returns a one-line summary; raises DfgenError listing missing or damaged shards."""
-    from dfgen.outdir import CONFIG_FILE, finalize, plan_from_description
+    from dfgen.outdir import CONFIG_FILE, finalize, plan_from_description, read_claim
 
     config_path = Path(out) / CONFIG_FILE
     if not config_path.is_file():
         raise DfgenError(f"{config_path} not found: {out} is not a dfgen synthesize output directory")
-    plan = plan_from_description(json.loads(config_path.read_text())["dataset"])
+    try:
+        plan = plan_from_description(read_claim(Path(out))["dataset"])
+    except (KeyError, TypeError):
+        raise DfgenError(f"{config_path} does not describe a dataset (no \"dataset\" entry); it was not written by "
+                         "dfgen synthesize") from None
     bad = [k for k in range(plan.num_shards) if not shard_done(out, k, len(plan.shard_range(k)))]
     if bad:
         names = ", ".join(shard_paths(out, k)[0].name for k in bad[:10]) + (" ..." if len(bad) > 10 else "")

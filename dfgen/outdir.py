@@ -7,50 +7,87 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dfgen import __version__
-from dfgen.atomic import TMP_MARK, write_json_atomic
+from dfgen.atomic import write_json_atomic
 from dfgen.config import config_fingerprint, format_schedule
 from dfgen.derived import derived_record
 from dfgen.errors import DfgenError
+from dfgen.folder_guard import (
+    FolderLock,
+    Maker,
+    acquire_lock,
+    check_ownership,
+    make_folder,
+    mark_folder,
+    owned_files,
+)
 from dfgen.plan import LabelPlan
 from dfgen.runplan import RunPlan
 from dfgen.shards import build_index, read_sidecar, shard_paths
 from dfgen.soft_views import soft_label_record
 
 CONFIG_FILE = "config.json"  # written at the start: what this directory is being made with
-OWN_ENTRIES = ("shards", CONFIG_FILE, "index.json", "dataset.json")
+DATASET_FILES = ("index.json", "dataset.json", CONFIG_FILE)  # what synthesize writes beside shards/ (and made_by.json)
+SHARD_PREFIX = "shard-"  # shards/shard-NNNNN.tar and its sidecar: an overwrite removes these and nothing else
 
 
-def claim_out_dir(run: RunPlan) -> None:
-    """Claim `out` for this configuration, or refuse. Several ranks may run this at once: config.json is created
-    only where none exists (the first claim wins, dfgen.atomic), and a process whose content differs from the
-    claim that won is refused, so processes computing differently never write into one dataset. A directory
-    holding only dfgen's own entries is never foreign."""
+def synthesis_maker(fingerprint: str | None = None) -> Maker:
+    """What made a synthetic dataset, for made_by.json (fingerprint: of the claimed content)."""
+    return Maker("dfgen", "synthesize", "synthetic", {"fingerprint": fingerprint} if fingerprint else {})
+
+
+def check_out_dir(run: RunPlan) -> None:
+    """Refuse an --out that holds anything but a synthetic dataset (exported real data, a training run, a report,
+    files of the user's): cheap, so it runs before the start-up probe."""
+    check_ownership(run.out, synthesis_maker(), "--overwrite", run.config.overwrite)
+
+
+def claim_out_dir(run: RunPlan) -> FolderLock:
+    """Claim `out` for this configuration and hold it (one lock per rank; release it at the end), or refuse.
+    Several ranks may run this at once: config.json is created only where none exists (the first claim wins,
+    dfgen.atomic), and a process whose content differs from the claim that won is refused, so processes computing
+    differently never write into one dataset. A folder made by anything else is refused (dfgen.folder_guard)."""
     out = run.out
     content = run.content()
+    check_out_dir(run)
+    make_folder(out)
+    lock = acquire_lock(out, run.rank, run.world_size, "dfgen synthesize")
+    try:
+        _claim(run, content)
+    except BaseException:
+        lock.release()
+        raise
+    mark_folder(out, synthesis_maker(config_fingerprint(content)))
+    return lock
+
+
+def _claim(run: RunPlan, content: dict[str, Any]) -> None:
+    out = run.out
     config_path = out / CONFIG_FILE
-    existing = read_claim(out)
-    foreign = [p.name for p in out.iterdir() if p.name.split(TMP_MARK)[0] not in OWN_ENTRIES] if out.is_dir() else []
+    try:
+        existing = read_claim(out)
+    except DfgenError:
+        if not run.config.overwrite:
+            raise
+        existing = {}  # damaged: replaced, as asked
     if existing is not None and existing.get("content") == content:
         (out / "shards").mkdir(parents=True, exist_ok=True)
         return
-    if existing is None and foreign:
-        raise DfgenError(f"{out} is not empty and was not made by dfgen synthesize; choose another --out")
-    if existing is not None:
-        if not run.config.overwrite:
+    if existing is None and (out / "shards").is_dir() and not run.config.overwrite:
+        raise DfgenError(f"{out} holds shards but no {CONFIG_FILE}, so what they were made with is unknown; pass "
+                         "--overwrite to replace them, or choose another --out")
+    if existing is not None or (out / "shards").is_dir():
+        if existing is not None and not run.config.overwrite:
             raise DfgenError(_mismatch(out, existing, content, run.requested_content()))
         if run.world_size > 1:
             raise DfgenError("--overwrite with several processes would race; delete the output directory first")
-        shutil.rmtree(out / "shards", ignore_errors=True)
-        for name in ("index.json", "dataset.json", CONFIG_FILE):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        remove_dataset_files(out)
     record = {"fingerprint": config_fingerprint(content), "content": content, "requested": run.requested_content(),
               "dataset": dataset_description(run), "derived": derived_record(run)}
     try:
@@ -62,10 +99,34 @@ def claim_out_dir(run: RunPlan) -> None:
     (out / "shards").mkdir(exist_ok=True)
 
 
+def remove_dataset_files(out: Path) -> None:
+    """Remove what synthesize wrote in `out` (shards, their sidecars, index, description, claim) and nothing else:
+    files of the user's in shards/ stay, and so does shards/ then."""
+    for path in owned_files(out / "shards", SHARD_PREFIX):
+        path.unlink(missing_ok=True)
+    try:
+        (out / "shards").rmdir()
+    except OSError:  # absent, or holding files synthesize did not write
+        pass
+    for name in DATASET_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def read_claim(out: Path) -> dict[str, Any] | None:
-    """config.json of `out`, or None where there is none."""
+    """config.json of `out`, or None where there is none; a damaged one is refused in one line."""
     config_path = out / CONFIG_FILE
-    return json.loads(config_path.read_text()) if config_path.is_file() else None
+    if not config_path.is_file():
+        return None
+    try:
+        record = json.loads(config_path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise DfgenError(f"{config_path} cannot be read ({reason}): it records what the dataset was made with; "
+                         "restore it, or pass --overwrite to replace the dataset") from None
+    if not isinstance(record, dict):
+        raise DfgenError(f"{config_path} does not hold a dfgen claim (a JSON object); restore it, or pass "
+                         "--overwrite to replace the dataset")
+    return record
 
 
 def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requested: dict[str, Any]) -> str:
@@ -186,3 +247,34 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
         "quality": None if c.format == "png" else c.quality,
         "fingerprint": config_fingerprint(run.content()),
     }
+
+
+def missing_shards(out: Path, plan: LabelPlan) -> list[int]:
+    """The shards without a sidecar or whose tar does not have the sidecar's size (cheap, as in finalize)."""
+    missing = []
+    for shard in range(plan.num_shards):
+        sidecar = read_sidecar(out, shard)
+        tar_path, _ = shard_paths(out, shard)
+        if sidecar is None or not tar_path.is_file() or tar_path.stat().st_size != sidecar.get("bytes"):
+            missing.append(shard)
+    return missing
+
+
+def completion_note(run: RunPlan, environ: dict[str, str] | None = None) -> str:
+    """One line for a process whose dataset is not complete at its end: what it made, what is missing and who
+    makes it (another rank; this process's own shards are done when it gets here)."""
+    environ = os.environ if environ is None else environ
+    plan, rank, world = run.plan, run.rank, run.world_size
+    missing = missing_shards(run.out, plan)
+    listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+    text = f"dataset incomplete: {len(missing)} of {plan.num_shards} shard(s) missing ({listed})"
+    if world == 1:
+        return f"{text}; rerun the same command to make them"
+    mine = run.my_shards()
+    made = f"made the shards of rank {rank} of {world} (k % {world} == {rank}: {len(mine)} shard(s)); "
+    tasks = environ.get("SLURM_NTASKS")
+    if tasks and int(tasks) > 1 and "SLURM_STEP_ID" not in environ and "SLURM_STEPID" not in environ:
+        return (f"{made}{text}, those of the other ranks: this SLURM job has {tasks} tasks but runs outside srun, "
+                f"so only this process ran; start the command with srun to run all {world} ranks")
+    return (f"{made}{text}, those of the other ranks: run all {world} ranks (torchrun, srun, or --rank 0..{world - 1} "
+            "with the same --world-size); the last one to finish writes index.json")

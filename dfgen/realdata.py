@@ -19,6 +19,7 @@ from PIL import Image
 
 from dfgen import __version__
 from dfgen.errors import DfgenError
+from dfgen.folder_guard import Maker, hold_folder, inspect_folder
 from dfgen.shards import Sample, build_index, encode_image, image_key, write_json_atomic, write_shard
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -31,8 +32,17 @@ def write_image_stream(
     shard_size: int = 1000,
     fmt: str = "png",
 ) -> Path:
-    """Write (uint8 (C, H, W) array, label) pairs as shards + index.json + dataset.json, one shard at a time."""
+    """Write (uint8 (C, H, W) array, label) pairs as shards + index.json + dataset.json, one shard at a time. `out`
+    must be empty or a set this function wrote (which it replaces); anything else is refused (dfgen.folder_guard)."""
     out = Path(out)
+    maker = Maker("dfgen", "export", description.get("kind", "real"),
+                  {key: description[key] for key in ("name", "source", "split") if key in description})
+    with hold_folder(out, maker, compare_config=False):
+        return _write_image_stream(out, samples, description, shard_size, fmt)
+
+
+def _write_image_stream(out: Path, samples: Iterable[tuple[np.ndarray, int]], description: dict[str, Any],
+                        shard_size: int, fmt: str) -> Path:
     (out / "shards").mkdir(parents=True, exist_ok=True)
     stream: Iterator[tuple[np.ndarray, int]] = iter(samples)
     sidecars: list[dict[str, Any]] = []
@@ -168,6 +178,7 @@ def export_real(
     from dfgen.real_sources import CLASS_NAMES, canonical_name, read_real_splits, source_description
 
     name = canonical_name(name)
+    check_export_root(Path(out))
     if limit is not None and limit < 1:
         raise DfgenError(f"--limit must be a positive number of images, got {limit}")
     if train_fraction is not None and not 0 < train_fraction <= 1:
@@ -196,6 +207,7 @@ def export_digits(out: Path) -> list[Path]:
     """scikit-learn's digits at 32x32, one channel, in the bundled teacher's fixed split."""
     from dfgen.zoo.digits import SPLIT_RANDOM_STATE, SPLIT_TEST_SIZE, load_digits_split
 
+    check_export_root(Path(out))
     split = load_digits_split()
     written = []
     for part, images, labels in (
@@ -211,3 +223,11 @@ def export_digits(out: Path) -> list[Path]:
         }
         written.append(write_image_dataset(Path(out) / part, pixels, labels, description))
     return written
+
+
+def check_export_root(out: Path) -> None:
+    """An export writes OUT/train and OUT/test: OUT itself must not be a dataset, a run or a report."""
+    found = inspect_folder(out)
+    if found.maker is not None:
+        raise DfgenError(f"--out {out} holds {found.describe()}; an export writes OUT/train and OUT/test beside "
+                         "other folders, not inside a dataset: choose another --out")

@@ -28,7 +28,9 @@ from dfgen.dry_run import describe_plan, estimate_plan
 from dfgen.inversion import InversionEngine
 from dfgen.outdir import (
     CONFIG_FILE,
+    check_out_dir,
     claim_out_dir,
+    completion_note,
     dataset_description,
     finalize,
     plan_from_description,
@@ -128,10 +130,16 @@ def synthesize(
     start = time.perf_counter()
     run = prepare(config, teacher)
     set_process_rank(run.rank)
+    check_out_dir(run)  # before the probe: a folder of other data is refused at once
     with explain_out_of_memory(run):
         derive_settings(run, recorded_derivation(run.out))
-    claim_out_dir(run)
-    out = run.out
+    with claim_out_dir(run):  # held until the end (one lock per rank)
+        return _make_shards(run, start)
+
+
+def _make_shards(run: RunPlan, start: float) -> SynthesisResult:
+    """Make this process's missing shards in the claimed folder, then finish the dataset if it is complete."""
+    config, out = run.config, run.out
     mine = run.my_shards()
     remove_temporaries(out, mine)
     todo, skipped = [], []
@@ -157,6 +165,8 @@ def synthesize(
     complete = finalize(out)
     if complete and todo:
         _log(f"{prefix}dataset complete: {run.plan.n} images in {run.plan.num_shards} shard(s) at {out}")
+    elif not complete:
+        _log(prefix + completion_note(run))
     return SynthesisResult(out, todo, skipped, complete, time.perf_counter() - start)
 
 

@@ -27,6 +27,7 @@ from timm.data import resolve_data_config
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dfgen.folder_guard import Maker, hold_folder
 from distill.checkpoint import (
     CHECKPOINT_FORMAT,
     kept_rng,
@@ -66,6 +67,8 @@ from distill.run_log import plot_curves, read_metrics, startup_line, summary_lin
 from distill.student import create_student
 from distill.teacher import load_stage1_teacher
 from distill.teacher_features import Pair, pairs_from_json, pairs_to_json
+
+RUN_MAKER = Maker("distill", "run", "run", {})  # made_by.json of a run directory
 
 __all__ = ["train"]
 
@@ -108,7 +111,10 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]
     cfg = dataclasses.replace(config, **overrides) if config is not None else build_config(**overrides)
     env = setup_distributed(cfg.device)
     try:
-        return _train(with_absolute_paths(cfg), env)
+        cfg = with_absolute_paths(cfg)
+        # the run directory is refused if anything but a distill run made it, and held by this run until the end
+        with hold_folder(Path(cfg.out), RUN_MAKER, env.rank, env.world_size, mark=env.main):
+            return _train(cfg, env)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()

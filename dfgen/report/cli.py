@@ -40,6 +40,7 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
     OUT/report.json, a self-contained OUT/report.html and the plots. Several datasets are compared side
     by side."""
     from dfgen.config import parse_floats, parse_kwargs
+    from dfgen.folder_guard import Maker, hold_folder
     from dfgen.report import make_report
     from dfgen.teachers import load_teacher
 
@@ -50,19 +51,22 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
         judge, judge_weights, kwargs=parse_kwargs(judge_kwargs, "--judge-kwargs"), image_size=judge_image_size,
         mean=parse_floats(judge_mean, "--judge-mean"), std=parse_floats(judge_std, "--judge-std"),
         require_batchnorm=False)  # the judge only embeds and classifies
-    result = make_report(
-        [Path(d) for d in datasets],
-        Path(out),
-        pairs_per_class=pairs_per_class,
-        images_per_class=images_per_class,
-        lpips_net=None if lpips_net == "none" else lpips_net,
-        device=device,
-        seed=seed,
-        teacher_weights=teacher_weights,
-        teacher=teacher,
-        quiet=quiet,
-        judge=judge_model,
-    )
+    # the report folder: refused if it holds a dataset, a run or files of the user's; a report replaces its own
+    maker = Maker("dfgen", "report", "report", {"datasets": [str(Path(d).resolve()) for d in datasets]})
+    with hold_folder(Path(out), maker, compare_config=False):
+        result = make_report(
+            [Path(d) for d in datasets],
+            Path(out),
+            pairs_per_class=pairs_per_class,
+            images_per_class=images_per_class,
+            lpips_net=None if lpips_net == "none" else lpips_net,
+            device=device,
+            seed=seed,
+            teacher_weights=teacher_weights,
+            teacher=teacher,
+            quiet=quiet,
+            judge=judge_model,
+        )
     for entry in result["datasets"]:
         lp = (entry["lpips_intra_class"] or {}).get("mean")
         fd = (entry["feature_diversity"] or {}).get("mean")
