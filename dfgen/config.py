@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,18 @@ import yaml
 
 from dfgen.errors import DfgenError
 from dfgen.loss_weights import AUTO, COMPETITION, LossWeights, losses_content, synthesis_losses
+
+# Size limits of what is allocated or looped over from a value: refused by size, before anything is allocated.
+MAX_IMAGES = 1_000_000_000  # -n
+MAX_RESOLUTION = 4096  # a schedule stage's side, in pixels
+MAX_ITERATIONS = 1_000_000  # a schedule stage's iterations
+MAX_STAGES = 16
+MAX_SEED = 2**63 - 1
+# YAML / JSON mappings (presets, --teacher-kwargs): nesting depth, values counted as expanded (aliases included),
+# and the preset file's size
+MAX_DEPTH = 16
+MAX_VALUES = 10_000
+MAX_CONFIG_BYTES = 1 << 20
 
 _COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
@@ -36,13 +49,19 @@ def parse_count(text: str | int) -> int:
         value = int(scaled)
     if value <= 0:
         raise DfgenError(f"--n must be a positive count such as 1000, 50k or 1.2M, got {text!r}")
+    if value > MAX_IMAGES:
+        raise DfgenError(f"--n {text} is {value:,} images, more than the {MAX_IMAGES:,} dfgen plans for; split it "
+                         "into several datasets")
     return value
 
 
 def parse_schedule(text: str | list) -> list[tuple[int, int]]:
     """`112:2000,224:2000` -> [(112, 2000), (224, 2000)]; resolutions and iterations positive."""
-    if isinstance(text, list):
-        stages = [tuple(int(v) for v in stage) for stage in text]
+    if isinstance(text, list | tuple):
+        try:
+            stages = [tuple(_whole(v) for v in stage) for stage in text]
+        except (TypeError, ValueError):
+            raise DfgenError(f"--schedule needs resolution:iterations pairs of whole numbers, got {text!r}") from None
     else:
         stages = []
         for part in str(text).split(","):
@@ -54,7 +73,44 @@ def parse_schedule(text: str | list) -> list[tuple[int, int]]:
             stages.append((int(match.group(1)), int(match.group(2))))
     if not stages or any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in stages):
         raise DfgenError(f"--schedule needs positive resolution:iterations pairs, got {text!r}")
+    if len(stages) > MAX_STAGES:
+        raise DfgenError(f"--schedule has {len(stages)} stages; at most {MAX_STAGES}")
+    for resolution, iterations in stages:
+        if resolution > MAX_RESOLUTION:
+            raise DfgenError(f"--schedule resolution {resolution} is larger than {MAX_RESOLUTION} px (a batch of such "
+                             "images would not fit in memory); use the teacher's input size or below")
+        if iterations > MAX_ITERATIONS:
+            raise DfgenError(f"--schedule iterations {iterations} per stage exceed {MAX_ITERATIONS:,}; the paper uses "
+                             "2000")
     return [(int(r), int(i)) for r, i in stages]
+
+
+def _whole(value: Any) -> int:
+    """A whole number from YAML/JSON (an int, or a float or string holding one); TypeError/ValueError otherwise."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+def check_plain_values(value: Any, what: str) -> None:
+    """Refuse a YAML/JSON value nested deeper than MAX_DEPTH or holding more than MAX_VALUES values as expanded
+    (a YAML alias counts each time it is used: an alias bomb is refused without being expanded)."""
+    count = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise DfgenError(f"{what} is nested deeper than {MAX_DEPTH} levels")
+        if count > MAX_VALUES:
+            raise DfgenError(f"{what} holds more than {MAX_VALUES:,} values (counting repeated YAML aliases)")
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+            count += len(item)
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def parse_kwargs(value: str | Mapping[str, Any] | None, what: str = "--teacher-kwargs") -> dict[str, Any]:
@@ -62,12 +118,12 @@ def parse_kwargs(value: str | Mapping[str, Any] | None, what: str = "--teacher-k
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise DfgenError(f"{what} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
+        if len(value) > MAX_CONFIG_BYTES:
+            raise DfgenError(f"{what} is longer than {MAX_CONFIG_BYTES:,} characters")
+        value = _safe_yaml(value, what)
         if value is None:
             return {}
+    check_plain_values(value, what)
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise DfgenError(f"{what} must be a mapping of argument: value, such as '{{num_classes: 10}}', got {value!r}")
     try:  # it is recorded in config.json and compared on resume: plain JSON values only
@@ -76,18 +132,30 @@ def parse_kwargs(value: str | Mapping[str, Any] | None, what: str = "--teacher-k
         raise DfgenError(f"{what} must hold plain values (numbers, strings, lists, mappings): {exc}") from exc
 
 
+def _safe_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load with its failures (syntax, nesting too deep for the parser) as one line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DfgenError(f"{what} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise DfgenError(f"{what} is nested too deeply to read (at most {MAX_DEPTH} levels)") from None
+
+
 def parse_floats(value: str | float | list | tuple | None, what: str) -> list[float] | None:
     """`0.49,0.48,0.45` (or a list) -> [0.49, 0.48, 0.45]."""
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
     try:
-        floats = [float(v) for v in items]
+        floats = [float(v) for v in items if not isinstance(v, bool)]
     except (TypeError, ValueError):
         raise DfgenError(f"{what} must be a comma-separated list of numbers such as 0.5,0.5,0.5, got {value!r}") \
             from None
-    if not floats:
-        raise DfgenError(f"{what} needs at least one number")
+    if not floats or len(floats) != len(items):
+        raise DfgenError(f"{what} needs one number per channel, such as 0.5,0.5,0.5, got {value!r}")
+    if not all(math.isfinite(v) for v in floats):
+        raise DfgenError(f"{what} must hold finite numbers, got {value!r}")
     return floats
 
 
@@ -201,8 +269,11 @@ class SynthesisConfig:
     RUN_FIELDS = ("out", "device", "log_every", "overwrite", "quiet", "rank", "world_size", "compile")
 
     def __post_init__(self) -> None:
+        check_values(self)
         if isinstance(self.losses, dict):
+            check_loss_values(self.losses, "losses")
             self.losses = synthesis_losses(**self.losses)
+        check_loss_values(dataclasses.asdict(self.losses), "losses")
         self.teacher_kwargs = parse_kwargs(self.teacher_kwargs) or None
         self.mean = parse_floats(self.mean, "--mean")
         self.std = parse_floats(self.std, "--std")
@@ -281,6 +352,79 @@ class SynthesisConfig:
         return data
 
 
+# The numbers of SynthesisConfig: (whole number?, lowest, highest, lowest excluded?); checked where they enter.
+NUMBERS: dict[str, tuple[bool, float, float | None, bool]] = {
+    "seed": (True, 0, MAX_SEED, False),
+    "lr": (False, 0, None, True),
+    "warmup": (True, 0, MAX_ITERATIONS, False),
+    "jitter_fraction": (False, 0, 0.5, False),
+    "log_every": (True, 1, None, False),
+    "quality": (True, 1, 100, False),
+    "soft_topk": (True, 0, None, False),
+    "soft_view_min_scale": (False, 0, 1, True),
+}
+FLAGS = ("use_ema", "no_diversity", "overwrite", "quiet", "compile")
+TEXTS = ("teacher", "out", "device", "upsample", "multires", "format", "precision")
+OPTIONAL_TEXTS = ("teacher_weights", "competitor", "competitor_weights")
+LOSS_NUMBERS = ("tv_l2", "tv_l1", "l2", "bn", "first_bn_multiplier", "ep", "triplet", "competition")
+
+
+def check_values(config: SynthesisConfig) -> None:
+    """Types, ranges and finiteness of the plain values (a YAML preset or the Python API can hold anything):
+    one line naming the option, never an error deeper in the run."""
+    for name, (whole, low, high, low_open) in NUMBERS.items():
+        value = getattr(config, name)
+        setattr(config, name, check_number(value, f"--{name.replace('_', '-')}", whole, low, high, low_open))
+    for name in FLAGS:
+        if not isinstance(getattr(config, name), bool):
+            raise DfgenError(f"{name} must be true or false, got {getattr(config, name)!r}")
+    for name in TEXTS + OPTIONAL_TEXTS:
+        value = getattr(config, name)
+        if not isinstance(value, str) and not (value is None and name in OPTIONAL_TEXTS):
+            raise DfgenError(f"--{name.replace('_', '-')} must be text, got {value!r}")
+        if isinstance(value, str) and not value.strip() and name in ("teacher", "out"):
+            raise DfgenError(f"--{name} must not be empty")
+    if config.crop_min_scale is not None:
+        config.crop_min_scale = check_number(config.crop_min_scale, "--crop-min-scale", False, 0, 1, True)
+
+
+def check_number(value: Any, what: str, whole: bool, low: float, high: float | None = None,
+                 low_open: bool = False) -> Any:
+    """`value` as an int (`whole`) or float in [low, high] ((low, high] with `low_open`), finite; else one line."""
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DfgenError(f"{what} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise DfgenError(f"{what} must be a finite number, got {value!r}")
+    if whole and not float(value).is_integer():
+        raise DfgenError(f"{what} must be {kind}, got {value!r}")
+    value = int(value) if whole else float(value)
+    if value < low or (low_open and value == low) or (high is not None and value > high):
+        upper = f"{high}]" if high is not None else "inf)"
+        bounds = f"{'(' if low_open else '['}{low}, {upper}"
+        raise DfgenError(f"{what} must be in {bounds}, got {value!r}")
+    return value
+
+
+def check_loss_values(losses: Mapping[str, Any], where: str) -> None:
+    """Loss weights: finite numbers >= 0 (None: the form's default); margin and ep-reach: numbers or auto."""
+    for name in LOSS_NUMBERS:
+        if losses.get(name) is not None:
+            check_number(losses[name], f"--{name.replace('_', '-')}", False, 0)
+    for name in ("margin", "ep_reach"):
+        value = losses.get(name)
+        if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+            continue
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise DfgenError(f"--{name.replace('_', '-')} must be a number or auto, got {value!r}") from None
+        check_number(value, f"--{name.replace('_', '-')}", False, 0, 2)
+    if losses.get("form") is not None and not isinstance(losses["form"], str):
+        raise DfgenError(f"{where}: form must be normalized or paper, got {losses['form']!r}")
+
+
 def read_class_names(source: str | Path | list | tuple) -> list[str]:
     """Class names from a file (one a line, or a JSON list, or a JSON {index: name} mapping) or a list."""
     if isinstance(source, list | tuple):
@@ -331,15 +475,25 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DfgenError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DfgenError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise DfgenError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a preset?")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DfgenError(f"config file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    data = _safe_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise DfgenError(f"config file {path} must hold a mapping of option: value")
+    check_plain_values(data, f"config file {path}")
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise DfgenError(f"config file {path}: option names must be text, got {bad_keys[0]!r}")
     data = {key.replace("-", "_"): value for key, value in data.items()}
     known = {f.name for f in dataclasses.fields(SynthesisConfig)}
     loss_names = {f.name for f in dataclasses.fields(LossWeights)}
-    losses = dict(data.pop("losses", None) or {})
+    losses = data.pop("losses", None) or {}
+    if not isinstance(losses, dict) or not all(isinstance(key, str) for key in losses):
+        raise DfgenError(f"config file {path}: losses must be a mapping of weight: value")
+    losses = dict(losses)
     for key in list(data):
         if key in loss_names:  # flat loss keys are accepted too, like the CLI flags
             losses[key] = data.pop(key)
@@ -349,6 +503,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     bad_losses = sorted(set(losses) - loss_names)
     if bad_losses:
         raise DfgenError(f"config file {path}: unknown loss weight(s) {', '.join(bad_losses)}")
+    check_loss_values(losses, f"config file {path}")
     if losses:
         data["losses"] = losses
     return data

@@ -18,6 +18,7 @@ import torch
 
 from dfgen.calibration import ProbeFigures, apply_probe, needs_probe, probe_labels, probe_schedule
 from dfgen.config import SynthesisConfig, format_schedule
+from dfgen.plan import LabelPlan
 from dfgen.runplan import RunPlan, engine_for, explain_out_of_memory, prepare
 from dfgen.shards import encode_image
 from dfgen.teachers import Teacher, load_teacher
@@ -164,14 +165,29 @@ def estimate_plan(run: RunPlan, calibration: Calibration | None = None) -> PlanE
             calibration.encode_seconds * len(probe_labels(plan))  # the probe encodes nothing
     busiest = (0, 0, 0.0)  # images, batches, seconds
     for rank in range(run.world_size):
-        sizes = [len(plan.batch_range(b)) for k in plan.shards_for_rank(rank, run.world_size)
-                 for b in plan.shard_batches(k)]
-        seconds = sum(calibration.batch_seconds(iterations, size) for size in sizes)
-        busiest = max(busiest, (sum(sizes), len(sizes), seconds))
+        images, full, tail = rank_batches(plan, rank, run.world_size)
+        seconds = full * calibration.batch_seconds(iterations, plan.batch_size) + \
+            (calibration.batch_seconds(iterations, tail) if tail else 0.0)
+        busiest = max(busiest, (images, full + bool(tail), seconds))
         if rank >= 1 and run.world_size > 64:  # ranks differ by at most one shard: the first two bound it
             break
     return PlanEstimate(calibration, calibration.batch_seconds(iterations, plan.batch_size), probe_seconds,
                         busiest[0], busiest[1], busiest[2] + probe_seconds)
+
+
+def rank_batches(plan: LabelPlan, rank: int, world_size: int) -> tuple[int, int, int]:
+    """(images, full batches, size of a last partial batch or 0) of one rank, in closed form: a plan of a billion
+    images is not walked batch by batch. Every shard is full but the plan's last, and shards hold whole batches."""
+    shards = plan.shards_for_rank(rank, world_size)
+    if not shards:
+        return 0, 0, 0
+    has_last = shards[-1] == plan.num_shards - 1
+    full_shards = len(shards) - has_last
+    images, batches, tail = full_shards * plan.shard_size, full_shards * (plan.shard_size // plan.batch_size), 0
+    if has_last:
+        last = len(plan.shard_range(plan.num_shards - 1))
+        images, batches, tail = images + last, batches + last // plan.batch_size, last % plan.batch_size
+    return images, batches, tail
 
 
 def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> str:
@@ -198,7 +214,7 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
         lines.append(probe_note)
     for rank in range(run.world_size):
         shards = plan.shards_for_rank(rank, run.world_size)
-        images = sum(len(plan.shard_range(k)) for k in shards)
+        images = rank_batches(plan, rank, run.world_size)[0]
         if rank < 4 or rank == run.world_size - 1:
             lines.append(f"rank {rank:<7} {len(shards):,} shard(s), {images:,} images")
         elif rank == 4:

@@ -26,6 +26,13 @@ def run_cli(group, prog_name: str, argv: list[str] | None, interrupted: str) -> 
     except DfgenError as exc:
         click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the file system refused a write (full, over quota, read-only, no permission)
+        from dfgen.folder_guard import FILE_SYSTEM_ERRNOS, describe_os_error
+
+        if exc.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        click.echo(f"Error: {describe_os_error(exc)}; rerun the same command afterwards to continue", err=True)
+        sys.exit(1)
     except (KeyboardInterrupt, click.Abort):
         click.echo(interrupted, err=True)
         sys.exit(130)

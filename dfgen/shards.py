@@ -104,10 +104,10 @@ def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stat
     try:
         write_atomic(tar_path, write_tar)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DfgenError(
-                f"disk full while writing {tar_path.name}; the shard was not marked done. Free space and rerun the "
-                "same command to continue"
+                f"disk full (or over quota) while writing {tar_path.name}; the shard was not marked done. Free space "
+                "and rerun the same command to continue"
             ) from exc
         raise
     sidecar = {
