@@ -66,7 +66,7 @@ class Found:
     def describe(self) -> str:
         if self.maker is None:
             names = ", ".join(self.unknown[:5]) + (", ..." if len(self.unknown) > 5 else "")
-            return f"files that no dfgen or distill command made ({names})"
+            return f"files not made by dfgen or distill ({names})"
         what = {"synthetic": "a synthetic dataset", "real": "a real dataset", "report": "a report",
                 "run": "a training run", "dataset": "a dataset"}.get(self.maker.get("kind"), "a folder")
         return f"{what} made by {self.maker.get('tool')} {self.maker.get('command')}"
