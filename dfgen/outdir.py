@@ -76,6 +76,8 @@ def _claim(run: RunPlan, content: dict[str, Any]) -> None:
         if not run.config.overwrite:
             raise
         existing = {}  # damaged: replaced, as asked
+    if existing is None and (out / "shards").is_dir():  # config.json comes first: another rank may have just claimed
+        existing = read_claim(out)
     if existing is not None and existing.get("content") == content:
         (out / "shards").mkdir(parents=True, exist_ok=True)
         return

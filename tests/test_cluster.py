@@ -104,7 +104,8 @@ def test_a_claim_made_while_another_rank_looked_is_kept_and_a_differing_rank_ref
     code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out, "--precision", "bf16"])
     assert code == 1 and "made with fp32 on cpu (eager), but this process would compute with bf16 on cpu" in err
     assert len(reads) == 2 and (out / "config.json").read_bytes() == claim
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "dataset.json", "index.json", "shards"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "dataset.json", "index.json", "made_by.json",
+                                                     "shards"]
     reads.clear()
     code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", out])  # the same content joins the claim
     assert code == 0 and "nothing to do" in err, err
