@@ -84,7 +84,7 @@ def inspect_folder(path: Path) -> Found:
         entries = sorted(p.name for p in path.iterdir() if TMP_MARK not in p.name and not _is_lock(p.name))
     except OSError as exc:
         raise DfgenError(f"cannot list --out {path} ({exc.strerror or exc}); check its permissions") from None
-    if not entries:
+    if not entries or entries == [MARKER]:  # a mark alone (a run that stopped before writing) holds nothing
         return Found(None, False, [])
     if MARKER in entries:
         record = _read_json(path / MARKER)

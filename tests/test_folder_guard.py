@@ -70,6 +70,7 @@ def test_a_mark_names_the_maker_and_other_settings_need_the_overwrite_flag(tmp_p
     made = guard.Maker("dfgen", "report", "report", {"datasets": ["a"]})
     guard.make_folder(tmp_path / "r")
     guard.mark_folder(tmp_path / "r", made)
+    (tmp_path / "r" / "report.json").write_text("{}")
     record = json.loads((tmp_path / "r" / guard.MARKER).read_text())
     assert (record["tool"], record["command"], record["kind"], record["config"]) == \
         ("dfgen", "report", "report", {"datasets": ["a"]})
@@ -205,3 +206,25 @@ def test_launch_ids_of_slurm_and_mpi():
     assert guard.run_identity({"SLURM_ARRAY_JOB_ID": "5", "SLURM_JOB_ID": "9"}) == "slurm-array:5"
     assert guard.run_identity({"PMIX_NAMESPACE": "prterun-x@1"}) == "mpi:prterun-x@1"
     assert guard.run_identity({}) is None
+
+
+def test_distill_run_and_report_refuse_a_dataset_and_leave_it_untouched(tmp_path, capsys, dfgen_cli):
+    from distill.cli import main as distill_main
+
+    dataset = tmp_path / "syn"
+    (dataset / "shards").mkdir(parents=True)
+    claim = json.dumps({"content": {"seed": 0}, "dataset": {"n": 10}})
+    (dataset / "config.json").write_text(claim)
+    with pytest.raises(SystemExit) as exited:
+        distill_main(["run", "--shards", str(dataset), "--out", str(dataset), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.startswith(f"Error: --out {dataset} holds a synthetic dataset made by "
+                                                     "dfgen synthesize; distill run does not write into it")
+    code, _, err = dfgen_cli(["report", str(dataset), "--out", str(dataset), "--quiet"])
+    assert code == 1 and "holds a synthetic dataset" in err and len(err.strip().splitlines()) == 1
+    assert (dataset / "config.json").read_text() == claim
+    assert sorted(p.name for p in dataset.rglob("*")) == ["config.json", "shards"]
+    # a folder holding only a mark (a run that stopped before writing anything) is free for any command
+    guard.make_folder(tmp_path / "free")
+    guard.mark_folder(tmp_path / "free", DISTILL)
+    assert guard.check_ownership(tmp_path / "free", SYNTHETIC).empty
