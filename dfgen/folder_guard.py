@@ -269,6 +269,8 @@ def acquire_lock(folder: Path, rank: int, world_size: int, command: str) -> Fold
             write_json_atomic(path, record, replace=False)
         except FileExistsError:  # another process took it since we looked: judge it on the next round
             continue
+        except FileNotFoundError:  # the temporary was swept by a rank clearing a killed run's leftovers: again
+            continue
         except OSError as exc:
             raise DfgenError(f"cannot write the lock file {path}: {describe_os_error(exc)}") from None
         try:  # two runs starting at once both saw a free folder: the later check refuses at least one of them
