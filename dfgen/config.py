@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -366,6 +367,7 @@ NUMBERS: dict[str, tuple[bool, float, float | None, bool]] = {
 FLAGS = ("use_ema", "no_diversity", "overwrite", "quiet", "compile")
 TEXTS = ("teacher", "out", "device", "upsample", "multires", "format", "precision")
 OPTIONAL_TEXTS = ("teacher_weights", "competitor", "competitor_weights")
+PATHS = ("out", "teacher_weights", "competitor_weights")
 LOSS_NUMBERS = ("tv_l2", "tv_l1", "l2", "bn", "first_bn_multiplier", "ep", "triplet", "competition")
 
 
@@ -380,6 +382,8 @@ def check_values(config: SynthesisConfig) -> None:
             raise DfgenError(f"{name} must be true or false, got {getattr(config, name)!r}")
     for name in TEXTS + OPTIONAL_TEXTS:
         value = getattr(config, name)
+        if name in PATHS and isinstance(value, os.PathLike):  # the Python API may pass a Path
+            continue
         if not isinstance(value, str) and not (value is None and name in OPTIONAL_TEXTS):
             raise DfgenError(f"--{name.replace('_', '-')} must be text, got {value!r}")
         if isinstance(value, str) and not value.strip() and name in ("teacher", "out"):
