@@ -315,7 +315,12 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _is_stale(lock: dict[str, Any], mine: dict[str, Any]) -> bool:
-    """Whether the process that wrote `lock` is gone. Only a lock of this host can be checked."""
+    """Whether the process that wrote `lock` is gone. A launcher runs one process per rank, so this rank's lock
+    from the same launch was left by a process it restarted (SLURM's requeue, an elastic restart), on any host.
+    Otherwise only a lock of this host can be checked."""
+    if mine.get("run") is not None and (lock.get("run"), lock.get("rank"), lock.get("world_size")) == \
+            (mine["run"], mine["rank"], mine["world_size"]):
+        return True
     if lock.get("host") != mine["host"]:
         return False
     pid = int(lock.get("pid") or 0)

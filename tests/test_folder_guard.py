@@ -179,6 +179,10 @@ def test_ranks_of_one_run_share_the_folder_and_stale_locks_are_detected(tmp_path
     _fake_lock(tmp_path, rank=1, world_size=2, run=run_a)  # a live rank 1 of this launch (the parent process)
     with guard.acquire_lock(tmp_path, 0, 2, "dfgen synthesize"):
         pass
+    # the same launch restarted this rank on another node (a requeue): its old lock is the restarted process's
+    _fake_lock(tmp_path, rank=0, world_size=2, run=run_a, host="elsewhere", pid=12345)
+    with guard.acquire_lock(tmp_path, 0, 2, "dfgen synthesize"):
+        pass
     launcher_free.setenv("TORCHELASTIC_RUN_ID", "job-b")  # another launch: refused
     with pytest.raises(DfgenError, match="in use by dfgen synthesize"):
         guard.acquire_lock(tmp_path, 0, 2, "dfgen synthesize")
