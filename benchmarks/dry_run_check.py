@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from dfgen.config import build_config
-from dfgen.dry_run import assume_probe_defaults, calibrate, describe_basis, estimate_plan
-from dfgen.runplan import prepare
+from dfgen.dry_run import calibrate, describe_basis, estimate_plan
+from dfgen.runplan import set_up
 from dfgen.synthesize import synthesize
 from dfgen.teachers import load_teacher
 
@@ -32,8 +32,7 @@ def check(config_options: dict, random_init: bool = False) -> dict:
         teacher = load_teacher(config.teacher, config.teacher_weights, pretrained=not random_init,
                                **config.teacher_options())
         start = time.perf_counter()
-        planned = prepare(config, teacher, log=False)
-        assume_probe_defaults(planned)
+        planned = set_up(config, teacher, log=False, probe=False)
         calibration = calibrate(planned)
         estimate = estimate_plan(planned, calibration)
         plan_seconds = time.perf_counter() - start

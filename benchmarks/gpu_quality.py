@@ -27,9 +27,8 @@ import torch
 
 from benchmarks.gpu_common import device_facts, emit, interruptible, sync, target_device
 from dfgen.config import build_config, format_schedule, parse_schedule
-from dfgen.derived import derive_settings
 from dfgen.inversion import InversionEngine
-from dfgen.runplan import engine_settings, prepare
+from dfgen.runplan import engine_settings, set_up
 from dfgen.teachers import Teacher, load_teacher
 
 FACTORY = f"{Path(__file__).resolve().with_name('efficientnet_lite0.py')}:efficientnet_lite0"
@@ -88,8 +87,8 @@ def compare(teacher: Teacher, options: dict[str, Any], device: torch.device, sch
         config = build_config(None, **options, n=classes * per_class, out=str(Path(tmp) / "unused"),
                               schedule=schedule, classes_per_batch=classes, images_per_class=per_class, flip=flip,
                               device=device.type, quiet=True)
-        run = derive_settings(prepare(config, teacher), log=False)
-    base = dataclasses.replace(engine_settings(run, run.weights, run.flip), log_every=0)
+        run = set_up(config, teacher, log=False)
+    base = dataclasses.replace(engine_settings(run), log_every=0)
     labels = torch.as_tensor(run.plan.batch_labels(0))
     seed = run.plan.batch_seed(0)
     images: dict[str, torch.Tensor] = {}

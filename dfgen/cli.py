@@ -141,7 +141,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar; one log line per shard.")
 def synthesize(config_path, format_, compile_, dry_run, random_init, no_flip, **options) -> None:
     """Invert a teacher into a synthetic dataset of WebDataset shards (resumable)."""
-    from dfgen.synthesize import describe_plan
+    from dfgen.dry_run import describe_plan
     from dfgen.synthesize import synthesize as run_synthesis
 
     options["format"], options["compile"] = format_, compile_

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dfgen.calibration import ProbeFigures, apply_probe, needs_probe, probe_labels, probe_schedule
 from dfgen.config import SynthesisConfig, format_schedule
 from dfgen.plan import LabelPlan
-from dfgen.runplan import RunPlan, engine_for, explain_out_of_memory, prepare
+from dfgen.probe import needs_probe, probe_labels, probe_schedule
+from dfgen.runplan import RunPlan, engine_for, explain_out_of_memory, set_up
 from dfgen.shards import encode_image
 from dfgen.teachers import Teacher, load_teacher
 
@@ -198,9 +198,9 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
                                **config.teacher_options())
     if config.world_size is not None and config.rank is None:  # the plan covers every rank: none is needed
         config = dataclasses.replace(config, rank=0)
-    run = prepare(config, teacher)
+    run = set_up(config, teacher, probe=False)  # settings left to the probe take stand-in values
     plan = run.plan
-    probe_note = assume_probe_defaults(run)
+    probe_note = describe_probe_plan(run)
     with explain_out_of_memory(run):
         estimate = estimate_plan(run)
     lines = [
@@ -244,17 +244,10 @@ def describe_basis(calibration: Calibration, random_weights: bool) -> str:
     return text + ("; random teacher weights (the cost does not depend on them)" if random_weights else "")
 
 
-def assume_probe_defaults(run: RunPlan) -> str | None:
-    """For a plan, settings left to the probe take stand-in values (they do not change the cost); returns the line
-    that says so, or None when nothing is left to the probe."""
-    c = run.config
-    weights = c.effective_losses
-    if not needs_probe(c.flip, weights):
-        run.flip, run.weights = apply_probe(c.flip, weights, None)
+def describe_probe_plan(run: RunPlan) -> str | None:
+    """The line that says what the start-up probe will do, or None when nothing is left to it."""
+    if not needs_probe(run.config.flip, run.config.effective_losses):
         return None
-    stand_in = ProbeFigures(images=0, iterations=0, seconds=0.0, agreement=1.0, mirror_kept=1.0, mirror_prob_drop=0.0,
-                            negative_distance=1.0, positive_distance=0.0)
-    run.flip, run.weights = apply_probe(c.flip, weights, stand_in)
     labels = probe_labels(run.plan)
     iterations = sum(i for _, i in probe_schedule(run.schedule))
     return (f"probe        flips/reach/margin set to auto: decided at start by inverting {len(labels)} images for "

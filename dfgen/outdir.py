@@ -16,7 +16,6 @@ import numpy as np
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
 from dfgen.config import config_fingerprint, format_schedule
-from dfgen.derived import derived_record
 from dfgen.errors import DfgenError
 from dfgen.folder_guard import (
     FolderLock,
@@ -28,7 +27,7 @@ from dfgen.folder_guard import (
     owned_files,
 )
 from dfgen.plan import LabelPlan
-from dfgen.runplan import RunPlan
+from dfgen.runplan import RunPlan, RunRequest, derived_record
 from dfgen.shards import build_index, read_sidecar, shard_paths
 from dfgen.soft_views import soft_label_record
 
@@ -42,7 +41,7 @@ def synthesis_maker(fingerprint: str | None = None) -> Maker:
     return Maker("dfgen", "synthesize", "synthetic", {"fingerprint": fingerprint} if fingerprint else {})
 
 
-def check_out_dir(run: RunPlan) -> None:
+def check_out_dir(run: RunRequest) -> None:
     """Refuse an --out that holds anything but a synthetic dataset (exported real data, a training run, a report,
     files of the user's): cheap, so it runs before the start-up probe."""
     check_ownership(run.out, synthesis_maker(), "--overwrite", run.config.overwrite)

@@ -1,5 +1,10 @@
-"""The resolved run: the configuration with the teacher, the batch layout, the schedule, the rank, the device and
-the precision decided (`prepare`), and the engine it drives (`engine_for`). Nothing here writes files."""
+"""Run set-up, one step (`set_up`): the configuration resolved into a finished, immutable `RunPlan`. First what
+follows from the configuration and the teacher's shape (`prepare`: teacher, batch layout, schedule, rank, device,
+precision), then what the teacher decides by running (each BN layer's loss on noise, the unit of the normalized BN
+term, and the start-up probe's flips, reach and margin, dfgen.probe). The decisions are recorded in config.json
+(`derived_record`), so a resume or another rank reuses them instead of probing again (`decide`). The pipeline
+calls `prepare` and `decide` apart, to refuse a wrong output folder before the probe. Also the engine a plan
+drives (`engine_for`). Nothing here writes files."""
 
 from __future__ import annotations
 
@@ -13,21 +18,36 @@ from typing import Any
 
 import torch
 
-from dfgen.calibration import ProbeFigures
 from dfgen.competitor import load_competitor
-from dfgen.config import LossWeights, SynthesisConfig, default_schedule, format_schedule, losses_content
+from dfgen.config import (
+    LossWeights,
+    SynthesisConfig,
+    config_fingerprint,
+    default_schedule,
+    format_schedule,
+    losses_content,
+)
 from dfgen.errors import DfgenError
-from dfgen.inversion import NOISE_IMAGES, EngineSettings, InversionEngine, OutOfMemory, is_out_of_memory
+from dfgen.inversion import (
+    NOISE_IMAGES,
+    EngineSettings,
+    InversionEngine,
+    OutOfMemory,
+    TeacherProbe,
+    bn_noise_levels,
+    is_out_of_memory,
+)
 from dfgen.plan import LabelPlan, batch_layout, shard_size_for
+from dfgen.probe import STAND_IN, ProbeFigures, apply_probe, describe_probe, figures_from_record, needs_probe, run_probe
 from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.runtime import resolve_device, resolve_precision, world_from_env
 from dfgen.shards import check_writable_channels
 from dfgen.teachers import Teacher, load_teacher
 
 
-@dataclass
-class RunPlan:
-    """The resolved configuration of one synthesis run."""
+@dataclass(frozen=True)
+class RunRequest:
+    """The configuration resolved without running the teacher (`prepare`)."""
 
     config: SynthesisConfig
     teacher: Teacher
@@ -39,11 +59,6 @@ class RunPlan:
     world_size: int
     multires: str = "native"  # resolved (dfgen.resolutions)
     accepted: dict[int, str | None] = dataclasses.field(default_factory=dict)  # size -> why rejected
-    # Settings derived from the teacher by the probe (dfgen.derived); None until derive_settings() ran.
-    flip: bool | None = None
-    weights: LossWeights | None = None
-    probe: ProbeFigures | None = None
-    noise_levels: list[float] | None = None  # normalized objective: each BN layer's loss on noise
     notes: list[str] = dataclasses.field(default_factory=list)  # near-miss values adjusted (batch layout, shards)
     competitor: Teacher | None = None  # ADI's student (dfgen.competitor), when the competition weight is set
 
@@ -59,15 +74,6 @@ class RunPlan:
         """How this process computes: part of the content, since it changes the images' bytes (bf16 and fp32, a
         compiled graph and an eager one, CPU and CUDA kernels round differently)."""
         return {"device": self.device.type, "precision": self.precision, "compile": bool(self.config.compile)}
-
-    def content(self) -> dict[str, Any]:
-        """What decides the images: compared with config.json of an existing output directory."""
-        content = self.requested_content()
-        if self.weights is None:
-            raise RuntimeError("derive_settings() must run before content()")
-        content.update(flip=self.flip, multires=self.multires, losses=losses_content(self.weights),
-                       execution=self.execution())
-        return content
 
     def requested_content(self) -> dict[str, Any]:
         """The content as asked for, "auto" values unresolved: the probe's identity."""
@@ -91,9 +97,34 @@ class RunPlan:
         return self.plan.shards_for_rank(self.rank, self.world_size)
 
 
-def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool = True) -> RunPlan:
-    """Resolve the teacher, defaults, batch layout, device and rank into a RunPlan (no files written). Values
-    adjusted from near misses are noted on stderr (`log`) and kept in RunPlan.notes."""
+@dataclass(frozen=True, kw_only=True)
+class RunPlan(RunRequest):
+    """One synthesis run, set up (`set_up`): the request and what the teacher decided."""
+
+    flip: bool
+    weights: LossWeights  # no "auto" left
+    probe: ProbeFigures | None  # what the decisions rest on; None when nothing was left to the probe
+    noise_levels: tuple[float, ...] | None  # each BN layer's loss on noise; None under the paper's form
+
+    def content(self) -> dict[str, Any]:
+        """What decides the images: compared with config.json of an existing output directory."""
+        content = self.requested_content()
+        content.update(flip=self.flip, multires=self.multires, losses=losses_content(self.weights),
+                       execution=self.execution())
+        return content
+
+
+def set_up(config: SynthesisConfig, teacher: Teacher | None = None, recorded: dict[str, Any] | None = None,
+           log: bool = True, probe: bool = True) -> RunPlan:
+    """The run `config` asks for, finished: `prepare`, then what the teacher decides. A probe `recorded` in
+    config.json (`derived_record`) for the same request is reused, not run again. Without `probe` (a plan's cost
+    estimate) settings left to the probe take stand-in values, which do not change the cost."""
+    return decide(prepare(config, teacher, log), recorded, log, probe)
+
+
+def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool = True) -> RunRequest:
+    """Resolve the teacher, defaults, batch layout, device and rank (no files written). Values adjusted from near
+    misses are noted on stderr (`log`) and kept in RunRequest.notes."""
     rank, world, local = world_from_env(config.rank, config.world_size)
     device = resolve_device(config.device, local)
     if teacher is None:
@@ -120,14 +151,70 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     competitor = None
     if config.competitor is not None and weights.competition:
         competitor = load_competitor(config.competitor, config.competitor_weights, teacher)
-    run = RunPlan(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world,
-                  multires=multires, accepted=accepted, notes=notes, competitor=competitor)
+    run = RunRequest(config, teacher, plan, schedule, device, resolve_precision(config.precision, device), rank, world,
+                     multires=multires, accepted=accepted, notes=notes, competitor=competitor)
     for note in notes if log else ():
         print(f"{run.log_prefix}note: {note}", file=sys.stderr, flush=True)
     return run
 
 
-def engine_settings(run: RunPlan, weights: LossWeights, flip: bool) -> EngineSettings:
+def decide(request: RunRequest, recorded: dict[str, Any] | None = None, log: bool = True,
+           probe: bool = True) -> RunPlan:
+    """What the teacher decides (see `set_up`): the BN noise levels, then the probe's flips, reach and margin; running
+    out of memory on the way is one line (`explain_out_of_memory`)."""
+    with explain_out_of_memory(request):
+        return _decide(request, recorded, log, probe)
+
+
+def _decide(request: RunRequest, recorded: dict[str, Any] | None, log: bool, probe: bool) -> RunPlan:
+    weights = request.config.effective_losses
+    noise_levels = teacher_noise_levels(request) if weights.form == "normalized" else None
+    figures, probed = None, False
+    if needs_probe(request.config.flip, weights):
+        if not probe:
+            figures = STAND_IN
+        elif recorded and recorded.get("key") == config_fingerprint(request.requested_content()):
+            figures = figures_from_record(recorded.get("probe"))
+        if figures is None:
+            figures, probed = run_probe(request.teacher.model, request.teacher.mean, request.teacher.std,
+                                        _engine_settings(request, weights, False, noise_levels), request.plan,
+                                        request.device, request.competitor.model if request.competitor else None), True
+    flip, weights = apply_probe(request.config.flip, weights, figures)
+    if probed and log:
+        print(request.log_prefix + describe_probe(figures, flip, weights), file=sys.stderr, flush=True)
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(RunRequest)}
+    return RunPlan(**fields, flip=flip, weights=weights, probe=figures, noise_levels=noise_levels)
+
+
+def teacher_noise_levels(run: RunRequest) -> tuple[float, ...]:
+    """Each BN layer's loss on noise at the teacher's size: the units of the normalized BN term."""
+    with TeacherProbe(run.teacher.model.to(run.device).eval()) as probe:
+        return tuple(bn_noise_levels(probe, run.teacher.in_chans, run.teacher.resolution, run.device))
+
+
+def derived_record(run: RunPlan) -> dict[str, Any]:
+    """config.json's "derived" entry: what was decided from the teacher, and from which request."""
+    return {
+        "key": config_fingerprint(run.requested_content()),
+        "schedule": {"requested": format_schedule(run.config.schedule) if run.config.schedule else None,
+                     "value": format_schedule(run.schedule)},
+        "multires": run.multires,
+        "accepted_resolutions": {str(k): v or "ok" for k, v in sorted(run.accepted.items())},
+        "flip": {"requested": run.config.flip, "value": run.flip},
+        "ep_reach": {"requested": run.config.losses.ep_reach, "value": run.weights.ep_reach},
+        "margin": {"requested": run.config.losses.margin, "value": run.weights.margin},
+        "probe": dataclasses.asdict(run.probe) if run.probe is not None else None,
+        "bn_noise_levels": list(run.noise_levels) if run.noise_levels is not None else None,
+    }
+
+
+def engine_settings(run: RunPlan) -> EngineSettings:
+    """The inversion settings of a set-up run."""
+    return _engine_settings(run, run.weights, run.flip, run.noise_levels)
+
+
+def _engine_settings(run: RunRequest, weights: LossWeights, flip: bool,
+                     noise_levels: tuple[float, ...] | None) -> EngineSettings:
     c = run.config
     return EngineSettings(
         schedule=run.schedule,
@@ -148,19 +235,19 @@ def engine_settings(run: RunPlan, weights: LossWeights, flip: bool) -> EngineSet
         soft_topk=c.soft_topk,
         soft_views=c.soft_views,
         soft_view_min_scale=c.soft_view_min_scale,
-        bn_noise_levels=run.noise_levels,
+        bn_noise_levels=list(noise_levels) if noise_levels is not None else None,
     )
 
 
 def engine_for(run: RunPlan) -> InversionEngine:
-    """The engine of a run whose settings are derived (dfgen.derived.derive_settings); use it as a context manager."""
-    settings = engine_settings(run, run.weights, run.flip)
+    """The engine of a set-up run; use it as a context manager."""
+    settings = engine_settings(run)
     return InversionEngine(run.teacher.model, run.teacher.mean, run.teacher.std, settings, run.device,
                            competitor=run.competitor.model if run.competitor is not None else None)
 
 
 @contextmanager
-def explain_out_of_memory(run: RunPlan) -> Iterator[None]:
+def explain_out_of_memory(run: RunRequest) -> Iterator[None]:
     """Turn running out of memory into one line: in a batch (the engine's OutOfMemory), naming the run's batch
     layout and the flag to lower; before any batch (the teacher's start-up pass on noise), naming that."""
     try:

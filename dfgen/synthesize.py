@@ -1,12 +1,13 @@
-"""`dfgen.synthesize(config)`: the pipeline prepare -> derive -> claim -> invert -> write -> finalize.
+"""`dfgen.synthesize(config)`: the pipeline prepare -> check the folder -> probe -> claim -> invert -> write ->
+finalize.
 
 Work is divided by shard: rank r of W makes the shards k with k % W == r. A shard is a pure function
 of (configuration, seed, k), so the dataset does not depend on W, on which rank made what, or on
 interruptions; whoever finds every shard done writes index.json and dataset.json.
 
-The steps live beside it: dfgen.runplan (prepare: teacher, batch layout, rank, device), dfgen.derived (what the
-teacher decides: noise levels, the probe), dfgen.outdir (claim and finalize the output directory), dfgen.dry_run
-(--dry-run's plan and estimates). Their public names are importable from here too."""
+The steps live beside it: dfgen.runplan (prepare: teacher, batch layout, rank, device; decide: what the teacher
+decides by the start-up probe, into a frozen RunPlan), dfgen.outdir (check, claim and finalize the output
+directory); --dry-run's plan and estimates are dfgen.dry_run's."""
 
 from __future__ import annotations
 
@@ -23,29 +24,11 @@ from tqdm.auto import tqdm
 
 from dfgen.atomic import set_process_rank
 from dfgen.config import SynthesisConfig
-from dfgen.derived import derive_settings, derived_record, teacher_noise_levels
-from dfgen.dry_run import describe_plan, estimate_plan
 from dfgen.inversion import InversionEngine
-from dfgen.outdir import (
-    CONFIG_FILE,
-    check_out_dir,
-    claim_out_dir,
-    completion_note,
-    dataset_description,
-    finalize,
-    plan_from_description,
-    recorded_derivation,
-)
-from dfgen.runplan import RunPlan, engine_for, engine_settings, explain_out_of_memory, prepare
-from dfgen.runtime import resolve_device, resolve_precision, world_from_env
+from dfgen.outdir import check_out_dir, claim_out_dir, completion_note, finalize, recorded_derivation
+from dfgen.runplan import RunPlan, decide, engine_for, explain_out_of_memory, prepare
 from dfgen.shards import Sample, encode_image, image_key, remove_temporaries, shard_done, write_shard
 from dfgen.teachers import Teacher
-
-__all__ = [  # the pipeline, and the steps' public names as they were importable before the split
-    "CONFIG_FILE", "RunPlan", "SynthesisResult", "dataset_description", "derive_settings", "derived_record",
-    "describe_plan", "engine_for", "engine_settings", "estimate_plan", "finalize", "plan_from_description",
-    "prepare", "resolve_device", "resolve_precision", "synthesize", "teacher_noise_levels", "world_from_env",
-]
 
 
 def _shard_samples(run: RunPlan, engine: InversionEngine, shard: int, progress: tqdm | None) -> tuple:
@@ -128,11 +111,10 @@ def synthesize(
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     start = time.perf_counter()
-    run = prepare(config, teacher)
-    set_process_rank(run.rank)
-    check_out_dir(run)  # before the probe: a folder of other data is refused at once
-    with explain_out_of_memory(run):
-        derive_settings(run, recorded_derivation(run.out))
+    request = prepare(config, teacher)
+    set_process_rank(request.rank)
+    check_out_dir(request)  # before the probe: a folder of other data is refused at once
+    run = decide(request, recorded_derivation(request.out))
     with claim_out_dir(run):  # held until the end (one lock per rank)
         return _make_shards(run, start)
 

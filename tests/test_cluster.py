@@ -124,12 +124,12 @@ def test_out_of_memory_is_one_line_naming_the_batch_layout(dfgen_cli, tmp_path, 
 
 
 def test_out_of_memory_before_the_first_batch_is_one_line(dfgen_cli, tmp_path, monkeypatch):
-    from dfgen import derived
+    from dfgen import runplan
 
     def out_of_memory(run):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(derived, "teacher_noise_levels", out_of_memory)
+    monkeypatch.setattr(runplan, "teacher_noise_levels", out_of_memory)
     code, _, err = dfgen_cli(["synthesize", *FIXED, "--out", tmp_path / "o"])
     assert code == 1, err
     assert err.strip() == ("Error: out of memory on cpu in the teacher's start-up pass on 16 noise images (fp32); the "
@@ -272,7 +272,8 @@ def test_dry_run_estimate_is_close_to_a_small_real_run(digits_teacher, tmp_path,
     """The dry run's calibration against the run it plans (probe included). benchmarks/dry_run_check.py holds the
     30% check; under a test suite on a shared machine this allows a factor of 2 (measured alone: 2-3% off; in full
     suites 1.51x and 1.58x were seen), enough to catch a missing phase or a per-stage slip."""
-    from dfgen.dry_run import assume_probe_defaults, calibrate, describe_basis, estimate_plan
+    from dfgen.dry_run import calibrate, describe_basis, estimate_plan
+    from dfgen.runplan import set_up
     from dfgen.synthesize import synthesize
 
     threads = torch.get_num_threads()
@@ -280,8 +281,7 @@ def test_dry_run_estimate_is_close_to_a_small_real_run(digits_teacher, tmp_path,
     try:
         config = build_config(None, teacher="digits", n=40, out=str(tmp_path / "o"), schedule="8:10,16:10",
                               batch_size=40, quiet=True)
-        run = prepare(config, digits_teacher, log=False)
-        assume_probe_defaults(run)
+        run = set_up(config, digits_teacher, log=False, probe=False)
         calibration = calibrate(run)
         estimate = estimate_plan(run, calibration)
         # the faster of two identical runs: one stall of a shared machine inflates a single sample (seen: 1.58x)

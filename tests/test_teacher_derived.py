@@ -1,4 +1,4 @@
-"""Defaults derived from the teacher by the start-up probe (dfgen.calibration): mirror flips only for mirror-invariant
+"""Defaults derived from the teacher by the start-up probe (dfgen.probe): mirror flips only for mirror-invariant
 teachers, the easy-positive reach and triplet margin from the teacher's own inter-class distance; the decisions are
 recorded, reproducible, and reused on resume."""
 
@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
-from dfgen.calibration import (
+from dfgen.config import AUTO, LossWeights
+from dfgen.inversion import EngineSettings
+from dfgen.plan import LabelPlan
+from dfgen.probe import (
     MARGIN_FRACTION,
     REACH_FRACTION,
     ProbeFigures,
@@ -17,9 +20,6 @@ from dfgen.calibration import (
     probe_schedule,
     run_probe,
 )
-from dfgen.config import AUTO, LossWeights
-from dfgen.inversion import EngineSettings
-from dfgen.plan import LabelPlan
 
 SYMMETRIC = '''
 from torch import nn

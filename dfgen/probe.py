@@ -1,7 +1,7 @@
-"""Defaults derived from the teacher at start-up, so that one set of defaults fits teachers nobody tuned for.
+"""The start-up probe: defaults derived from the teacher, so that one set of defaults fits teachers nobody tuned for.
 
-Before synthesis, a short *probe* inverts one batch with plain DeepInversion (no flips, no diversity losses) and
-measures, on the teacher's own images:
+At set-up (dfgen.runplan.set_up), a short *probe* inverts one batch with plain DeepInversion (no flips, no
+diversity losses) and measures, on the teacher's own images:
 - how often its prediction survives a mirror: flips are on ("auto") only where the teacher is mirror-invariant;
 - the distance from each image to the nearest image of another class, in the normalised penultimate embedding the
   diversity losses use: the easy-positive reach and the triplet margin ("auto") are fractions of its median, so they
@@ -36,7 +36,7 @@ MARGIN_FRACTION = 0.595
 _STREAM_PROBE = 2  # plan.derive_seed stream of the probe batch
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeFigures:
     """What the probe measured (recorded in config.json / dataset.json)."""
 
@@ -48,6 +48,11 @@ class ProbeFigures:
     mirror_prob_drop: float  # mean drop of the target probability under the mirror
     negative_distance: float  # median distance to the nearest image of another class
     positive_distance: float  # median distance to the nearest image of the same class
+
+
+# What a plan (--dry-run) assumes instead of probing: the settings take values that do not change the cost.
+STAND_IN = ProbeFigures(images=0, iterations=0, seconds=0.0, agreement=1.0, mirror_kept=1.0, mirror_prob_drop=0.0,
+                        negative_distance=1.0, positive_distance=0.0)
 
 
 def probe_schedule(schedule: list[tuple[int, int]], budget: int = PROBE_ITERATIONS) -> list[tuple[int, int]]:
