@@ -24,7 +24,7 @@ from dfgen.teachers import check_running_statistics, classifier_of
 @dataclass
 class EngineSettings:
     schedule: list[tuple[int, int]]
-    weights: LossWeights  # resolved: no "auto" left (dfgen.calibration)
+    weights: LossWeights  # resolved: no "auto" left (dfgen.probe)
     teacher_resolution: int | None = None  # the teacher's input size; None: the last stage's
     lr: float = LR
     warmup: int = WARMUP

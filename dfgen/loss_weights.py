@@ -11,7 +11,7 @@ from typing import Any
 
 from dfgen.errors import DfgenError
 
-AUTO = "auto"  # a value derived from the teacher at start-up (dfgen.calibration): see docs/design.md
+AUTO = "auto"  # a value derived from the teacher at start-up (dfgen.probe): see docs/design.md
 # The paper's objective: sums whose size depends on the teacher, the batch and the image size.
 PAPER_WEIGHTS = {"tv_l2": 1e-4, "tv_l1": 0.0, "l2": 1e-5, "bn": 5e-2, "first_bn_multiplier": 10.0, "ep": 50.0,
                  "triplet": 0.5}
