@@ -5,6 +5,7 @@ masked). Run set-up may be reorganised freely; what it writes and prints may not
 The images are exact functions of the configuration on one kind of CPU; the figures were taken on x86-64 with
 the project's torch, two threads."""
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -113,3 +114,31 @@ def test_digits_dry_run_prints_the_same_plan(dfgen_cli, tmp_path, two_threads):
     assert code == 0, stderr
     assert _masked_estimate(stdout + stderr, out) == DRY_RUN_LINES
     assert not out.exists()
+
+
+def test_set_up_returns_a_finished_frozen_run_and_reuses_a_recorded_probe(digits_teacher, monkeypatch):
+    from dfgen import runplan
+    from dfgen.config import build_config
+    from dfgen.probe import MARGIN_FRACTION, STAND_IN
+
+    config = build_config(ROOT / "configs" / "digits.yaml", n=20, out="unused", schedule="8:2,16:2",
+                          classes_per_batch=5, images_per_class=2)
+    run = runplan.set_up(config, digits_teacher, log=False)
+    assert run.flip is False and run.probe.images == 20 and len(run.noise_levels) == 5
+    assert isinstance(run.weights.ep_reach, float) and isinstance(run.weights.margin, float)  # no "auto" left
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.flip = True
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the recorded probe should have been reused")
+
+    monkeypatch.setattr(runplan, "run_probe", no_probe)
+    again = runplan.set_up(config, digits_teacher, recorded=runplan.derived_record(run), log=False)
+    assert (again.probe, again.weights, again.noise_levels) == (run.probe, run.weights, run.noise_levels)
+    assert again.content() == run.content()
+    planned = runplan.set_up(config, digits_teacher, log=False, probe=False)  # the dry run's: stand-in values
+    assert planned.probe == STAND_IN
+    assert planned.weights.margin == round(MARGIN_FRACTION * STAND_IN.negative_distance, 3)
+    changed = dataclasses.replace(config, seed=1)  # another request: the record is not its probe
+    with pytest.raises(AssertionError, match="should have been reused"):
+        runplan.set_up(changed, digits_teacher, recorded=runplan.derived_record(run), log=False)
