@@ -33,6 +33,7 @@ import torch
 import distill
 from benchmarks.jobs import Jobs
 from dfgen.config import build_config as synthesis_config
+from dfgen.dataset import INDEX_FILE, open_dataset
 from dfgen.realdata import export_digits, write_image_dataset
 from dfgen.report import make_report
 from dfgen.synthesize import synthesize
@@ -81,7 +82,7 @@ def student_job(out: Path, shards: Path, val: Path, model: str, epochs: int | No
     distill.train(config)
     result = distill.evaluate_checkpoint(out / "last.pt", val, device="cpu", ema=config.ema)
     return {"top1": round(result["top1"], 2), "n": result["n"], "epochs": config.epochs,
-            "train_images": json.loads((shards / "dataset.json").read_text())["n"],
+            "train_images": open_dataset(shards).n,
             "stage1_epochs": config.stage1_epochs, "ema": config.ema, "seconds": round(time.perf_counter() - start)}
 
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     split = load_digits_split()
     teacher_acc = 100 * evaluate(teacher.model, split.test_images, split.test_labels)  # normalises itself
     real = out / "real"
-    if not (real / "test" / "index.json").exists():
+    if not (real / "test" / INDEX_FILE).exists():
         export_digits(real)
     test, real_train = real / "test", real / "train"
     if args.real_train is not None:  # toy runs: the first N training digits

@@ -59,9 +59,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     dfgen.synthesize(config)
     seconds = time.perf_counter() - start
-    description = json.loads((args.out / "dataset.json").read_text())
+    from dfgen.dataset import open_dataset, read_sidecars
+
+    dataset = open_dataset(args.out)
+    description = dataset.description
     derived = description["derived"]
-    shards = [json.loads(p.read_text()) for p in sorted((args.out / "shards").glob("*.json"))]
+    shards = read_sidecars(dataset)
     activity = {key: round(sum(s["loss"][key] * s["count"] for s in shards) / sum(s["count"] for s in shards), 4)
                 for key in ("ep_active", "triplet_active")}
     levels = derived.get("bn_noise_levels") or []

@@ -19,7 +19,6 @@ whole train split, or a stratified fraction such as 1%)."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -47,8 +46,9 @@ Source = str | Path | list[str | Path] | tuple[torch.Tensor, torch.Tensor]  # a 
 
 def teacher_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """(mean, std) from a dataset.json teacher entry (what `dfgen synthesize` records), or None."""
-    description = json.loads((Path(path) / "dataset.json").read_text())
-    config = (description.get("teacher") or {}).get("data_config") or {}
+    from dfgen.dataset import read_description
+
+    config = (read_description(path).get("teacher") or {}).get("data_config") or {}
     if config.get("mean") and config.get("std"):
         return tuple(config["mean"]), tuple(config["std"])
     return None

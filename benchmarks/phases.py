@@ -41,8 +41,10 @@ def since(start: float) -> int:
 
 
 def dataset_size(path: str | Path) -> int:
-    """The number of images a dfgen dataset directory records."""
-    return json.loads((Path(path) / "dataset.json").read_text())["n"]
+    """The number of images a dfgen dataset directory holds."""
+    from dfgen.dataset import open_dataset
+
+    return open_dataset(path).n
 
 
 def teacher_phase(factory: str, data: Any, epochs: int, cache: Path) -> dict[str, Any]:
@@ -61,10 +63,11 @@ def synthesize_phase(out: Path, options: dict[str, Any]) -> dict[str, Any]:
     """`dfgen synthesize` into `out` with `options` (dfgen.build_config keywords), quietly; the set's schedule,
     teacher agreement and the settings the start-up probe derived."""
     import dfgen
+    from dfgen.dataset import read_description
 
     start = time.perf_counter()
     dfgen.synthesize(dfgen.build_config(None, out=str(out), quiet=True, **options))
-    description = json.loads((out / "dataset.json").read_text())
+    description = read_description(out)
     return {"path": str(out), "schedule": description["schedule"], "agreement": description["stats"]["agreement"],
             "derived": description.get("derived"), "seconds": since(start)}
 

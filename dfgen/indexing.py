@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfgen.dataset import CONFIG_FILE, INDEX_FILE, shard_paths
 from dfgen.errors import DfgenError
-from dfgen.shards import shard_done, shard_paths
+from dfgen.shards import shard_done
 
 
 def rebuild_index(out: Path) -> str:
     """Check all shards (sha256 against sidecars); write index.json and dataset.json when complete.
     Needs no teacher. Returns a one-line summary; raises DfgenError listing missing or damaged shards."""
-    from dfgen.outdir import CONFIG_FILE, finalize, plan_from_description, read_claim
+    from dfgen.outdir import finalize, plan_from_description, read_claim
 
     config_path = Path(out) / CONFIG_FILE
     if not config_path.is_file():
@@ -29,4 +30,4 @@ def rebuild_index(out: Path) -> str:
             "to make them"
         )
     finalize(Path(out))
-    return f"{out}: {plan.num_shards} shard(s), {plan.n} images, all sha256 verified; index.json written"
+    return f"{out}: {plan.num_shards} shard(s), {plan.n} images, all sha256 verified; {INDEX_FILE} written"

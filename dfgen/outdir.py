@@ -16,6 +16,7 @@ import numpy as np
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
 from dfgen.config import config_fingerprint, format_schedule
+from dfgen.dataset import CONFIG_FILE, DATASET_FILE, INDEX_FILE, build_index, read_sidecar, shard_paths
 from dfgen.errors import DfgenError
 from dfgen.folder_guard import (
     FolderLock,
@@ -28,11 +29,9 @@ from dfgen.folder_guard import (
 )
 from dfgen.plan import LabelPlan
 from dfgen.runplan import RunPlan, RunRequest, derived_record
-from dfgen.shards import build_index, read_sidecar, shard_paths
 from dfgen.soft_views import soft_label_record
 
-CONFIG_FILE = "config.json"  # written at the start: what this directory is being made with
-DATASET_FILES = ("index.json", "dataset.json", CONFIG_FILE)  # what synthesize writes beside shards/ (and made_by.json)
+DATASET_FILES = (INDEX_FILE, DATASET_FILE, CONFIG_FILE)  # what synthesize writes beside shards/ (and made_by.json)
 SHARD_PREFIX = "shard-"  # shards/shard-NNNNN.tar and its sidecar: an overwrite removes these and nothing else
 
 
@@ -207,8 +206,8 @@ def finalize(out: Path) -> bool:
             "bytes": int(sum(s["bytes"] for s in sidecars)),
         },
     }
-    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
-    write_json_atomic(out / "dataset.json", description)
+    write_json_atomic(out / INDEX_FILE, build_index(sidecars, name=out.name))
+    write_json_atomic(out / DATASET_FILE, description)
     return True
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfgen.dataset import sha256_file
 from dfgen.errors import DfgenError
-from dfgen.shards import sha256_file
 
 NAMES = {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
          "fmnist": "fashion-mnist"}

@@ -1,4 +1,4 @@
-"""Real image sets in dfgen's dataset format, the reference side of every benchmark: the same
+"""Real image sets in dfgen's dataset format (dfgen.dataset), the reference side of every benchmark: the same
 shards, index and dataset.json as a synthetic set, with `"kind": "real"`. Writing streams (one shard's raw
 pixels in memory at a time, PNGs encoded as the tar is written); `read_image_dataset` reads any such set back."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import itertools
-import json
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,11 +17,10 @@ import torch
 from PIL import Image
 
 from dfgen import __version__
+from dfgen.dataset import DATASET_FILE, IMAGE_EXTS, INDEX_FILE, SHARDS_DIR, build_index, open_dataset, split_key
 from dfgen.errors import DfgenError
 from dfgen.folder_guard import Maker, hold_folder, inspect_folder
-from dfgen.shards import Sample, build_index, encode_image, image_key, write_json_atomic, write_shard
-
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+from dfgen.shards import Sample, encode_image, image_key, write_json_atomic, write_shard
 
 
 def write_image_stream(
@@ -43,7 +41,7 @@ def write_image_stream(
 
 def _write_image_stream(out: Path, samples: Iterable[tuple[np.ndarray, int]], description: dict[str, Any],
                         shard_size: int, fmt: str) -> Path:
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     stream: Iterator[tuple[np.ndarray, int]] = iter(samples)
     sidecars: list[dict[str, Any]] = []
     counts: dict[int, int] = {}
@@ -82,14 +80,14 @@ def _write_image_stream(out: Path, samples: Iterable[tuple[np.ndarray, int]], de
         "format": fmt,
         **description,
     }
-    write_json_atomic(out / "index.json", build_index(sidecars, name=out.name))
-    write_json_atomic(out / "dataset.json", dataset)
+    write_json_atomic(out / INDEX_FILE, build_index(sidecars, name=out.name))
+    write_json_atomic(out / DATASET_FILE, dataset)
     return out
 
 
 def _remove_stale_shards(out: Path, count: int) -> None:
     """A rewrite with fewer images must not leave the old run's later shards beside the new index."""
-    for path in (out / "shards").glob("shard-*"):
+    for path in (out / SHARDS_DIR).glob("shard-*"):
         number = path.name.split(".")[0].removeprefix("shard-")
         if number.isdigit() and int(number) >= count:
             path.unlink()
@@ -114,23 +112,19 @@ def read_image_dataset(path: Path, limit: int | None = None) -> tuple[torch.Tens
     """A dataset directory (synthetic or real) -> uint8 (N, C, H, W) images and int64 labels (the `.cls` entries),
     in index order. Meant for small sets (a few 10k images at 28-32 px)."""
     path = Path(path)
-    try:
-        shardlist = json.loads((path / "index.json").read_text())["shardlist"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DfgenError(f"{path} has no readable index.json ({type(exc).__name__}); is it a dfgen dataset? "
-                         f"(`dfgen index {path}` rebuilds the index)") from None
+    dataset = open_dataset(path)
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for entry in shardlist:
+    for shard in dataset.shards:
         if limit is not None and len(images) >= limit:
             break
-        url = path / entry["url"]
+        url = shard.path
         try:
             with tarfile.open(url) as tar:
                 members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
                 samples: dict[str, dict[str, bytes]] = {}
                 for member in members:
-                    key, _, ext = member.name.partition(".")
+                    key, ext = split_key(member.name)
                     samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
         except (OSError, tarfile.TarError) as exc:
             raise DfgenError(f"cannot read shard {url} ({exc}); rerun the command that made {path}") from None

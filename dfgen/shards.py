@@ -1,10 +1,9 @@
-"""The on-disk dataset format: deterministic WebDataset tar shards written atomically, a
-sidecar stats file per shard, the wids shard index, and the checks that say whether a shard is done."""
+"""Writing shards: deterministic WebDataset tar shards written atomically, a sidecar stats file
+per shard, and the check that says whether a shard is done. The names and the index are dfgen.dataset's."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from dfgen.atomic import TMP_MARK, write_atomic, write_json_atomic
+from dfgen.dataset import SHARDS_DIR, read_sidecar, sha256_file, shard_name, shard_paths
 from dfgen.errors import DfgenError
 
 __all__ = ["TMP_MARK", "write_json_atomic"]  # re-exported: the shard writers' atomic files (dfgen.atomic)
@@ -27,15 +27,6 @@ _PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 def image_key(index: int) -> str:
     return f"{index:0{KEY_DIGITS}d}"
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}"
-
-
-def shard_paths(out: Path, shard: int) -> tuple[Path, Path]:
-    base = Path(out) / "shards" / shard_name(shard)
-    return base.with_suffix(".tar"), base.with_suffix(".json")
 
 
 def check_writable_channels(channels: int, fmt: str) -> None:
@@ -60,14 +51,6 @@ def encode_image(pixels: np.ndarray, fmt: str = "png", quality: int = 95) -> byt
     else:
         raise DfgenError(f"unknown image format {fmt!r}")
     return buffer.getvalue()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -112,7 +95,7 @@ def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stat
         raise
     sidecar = {
         "shard": shard,
-        "url": f"shards/{tar_path.name}",
+        "url": f"{SHARDS_DIR}/{tar_path.name}",
         "count": count,
         "bytes": tar_path.stat().st_size,
         "sha256": sha256_file(tar_path),
@@ -120,14 +103,6 @@ def write_shard(out: Path, shard: int, samples: Iterable[Sample], ext: str, stat
     }
     write_json_atomic(side_path, sidecar)
     return sidecar
-
-
-def read_sidecar(out: Path, shard: int) -> dict[str, Any] | None:
-    _, side_path = shard_paths(out, shard)
-    try:
-        return json.loads(side_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def shard_done(out: Path, shard: int, expected_count: int | None = None) -> dict[str, Any] | None:
@@ -146,7 +121,7 @@ def shard_done(out: Path, shard: int, expected_count: int | None = None) -> dict
 def remove_temporaries(out: Path, shards: Iterable[int] | None = None) -> int:
     """Remove temporary files a killed run left behind (only those of `shards`, if given, so that a
     rank never touches another rank's files in flight)."""
-    shard_dir = Path(out) / "shards"
+    shard_dir = Path(out) / SHARDS_DIR
     if not shard_dir.is_dir():
         return 0
     wanted = None if shards is None else {shard_name(k) for k in shards}
@@ -156,16 +131,3 @@ def remove_temporaries(out: Path, shards: Iterable[int] | None = None) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def build_index(sidecars: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    """The wids shard index (urls relative to the index file)."""
-    return {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "name": name,
-        "shardlist": [
-            {"url": s["url"], "nsamples": s["count"], "filesize": s["bytes"], "sha256": s["sha256"]}
-            for s in sorted(sidecars, key=lambda s: s["shard"])
-        ],
-    }

@@ -21,22 +21,23 @@ from timm.data import create_transform
 from timm.data.auto_augment import RandAugment
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from dfgen.dataset import IMAGE_EXTS
 from distill import pipeline
 from distill.config import TrainConfig
 from distill.errors import DistillError
 from distill.pipeline import decode_image, parse_label, worker_slot
-from distill.sources import IMAGE_EXTS, DatasetInfo, check_labels, open_dataset, open_training_sets
+from distill.sources import Source, check_labels, open_source, open_training_sets
 
-__all__ = ["DatasetInfo", "Unreadable", "eval_loader", "eval_transform", "image_mode", "open_dataset",
-           "open_training_sets", "probe_images", "steps_per_epoch", "train_transform"]
+__all__ = ["Unreadable", "eval_loader", "eval_transform", "image_mode", "probe_images", "steps_per_epoch",
+           "train_transform"]
 
 
 @dataclass
 class RunData:
     """The opened training and validation data of a run."""
 
-    infos: list[DatasetInfo]
-    val: DatasetInfo | None
+    infos: list[Source]
+    val: Source | None
     num_classes: int
     in_chans: int
 
@@ -52,8 +53,8 @@ def open_run_data(cfg: TrainConfig) -> RunData:
     classes = next((i.classes for i in infos if i.classes), None)
     val = None
     if cfg.val:
-        val = open_dataset(cfg.val, num_classes=num_classes, image_key=cfg.image_key, label_key=cfg.label_key,
-                           labels_file=cfg.val_labels, classes=classes)
+        val = open_source(cfg.val, num_classes=num_classes, image_key=cfg.image_key, label_key=cfg.label_key,
+                          labels_file=cfg.val_labels, classes=classes)
         if val.num_classes not in (None, num_classes):
             raise DistillError(f"--val {val.name} has {val.num_classes} classes, the training data {num_classes}")
         check_labels(val, num_classes)
@@ -118,7 +119,7 @@ def collate_readable(items: list[Any]) -> tuple[torch.Tensor | None, torch.Tenso
     return torch.stack(images), torch.tensor(labels), bad
 
 
-def _shard_samples(info: DatasetInfo, url: str) -> Iterator[tuple[str, bytes | None, Any]]:
+def _shard_samples(info: Source, url: str) -> Iterator[tuple[str, bytes | None, Any]]:
     for sample in wds.tariterators.tarfile_samples([{"url": url}]):
         key = info.image_key or next((e for e in sample if e.lower() in IMAGE_EXTS), None)
         yield sample.get("__key__", "?"), sample.get(key) if key else None, sample.get(info.label_key)
@@ -128,7 +129,7 @@ class ShardEval(IterableDataset):
     """Every image of a sharded source once. Shard j belongs to part j % (ranks x workers): each rank and each of its
     DataLoader workers reads whole shards of its own and nothing else, so counts can simply be summed."""
 
-    def __init__(self, info: DatasetInfo, transform: Callable, mode: str, num_classes: int, rank: int = 0,
+    def __init__(self, info: Source, transform: Callable, mode: str, num_classes: int, rank: int = 0,
                  world_size: int = 1) -> None:
         self.info, self.transform, self.mode, self.num_classes = info, transform, mode, num_classes
         self.rank, self.world_size = rank, world_size
@@ -164,7 +165,7 @@ class ShardEval(IterableDataset):
 class FileEval(Dataset):
     """The images of an ImageFolder or of a flat directory with a label file."""
 
-    def __init__(self, info: DatasetInfo, transform: Callable, mode: str) -> None:
+    def __init__(self, info: Source, transform: Callable, mode: str) -> None:
         self.info, self.transform, self.mode = info, transform, mode
 
     def __len__(self) -> int:
@@ -180,7 +181,7 @@ class FileEval(Dataset):
         return self.transform(image), self.info.labels[i]
 
 
-def eval_dataset(info: DatasetInfo, transform: Callable, in_chans: int, num_classes: int, rank: int = 0,
+def eval_dataset(info: Source, transform: Callable, in_chans: int, num_classes: int, rank: int = 0,
                  world_size: int = 1) -> Dataset:
     mode = image_mode(in_chans)
     if info.files:
@@ -188,7 +189,7 @@ def eval_dataset(info: DatasetInfo, transform: Callable, in_chans: int, num_clas
     return ShardEval(info, transform, mode, num_classes, rank, world_size)
 
 
-def eval_loader(info: DatasetInfo, transform: Callable, in_chans: int, num_classes: int, batch_size: int,
+def eval_loader(info: Source, transform: Callable, in_chans: int, num_classes: int, batch_size: int,
                 workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Batches of (images, labels, unreadable images skipped) of this rank's share of `info`; with workers, a batch
     that takes longer than pipeline.LOADER_TIMEOUT_S is an error instead of a hang."""
@@ -210,7 +211,7 @@ def guarded(loader: Iterable, what: str) -> Iterator[Any]:
                            "--resume") from None
 
 
-def probe_images(info: DatasetInfo, transform: Callable, in_chans: int, count: int) -> torch.Tensor | None:
+def probe_images(info: Source, transform: Callable, in_chans: int, count: int) -> torch.Tensor | None:
     """A fixed batch of evaluation-transformed images for the attention-distance probe: `count` images evenly
     strided over the whole source (the first ones of an ImageFolder are all one class), fewer where some do not
     read (None if none does)."""
@@ -294,6 +295,6 @@ def eval_transform(data_config: dict[str, Any]) -> Callable:
     )
 
 
-def steps_per_epoch(infos: list[DatasetInfo], batch_size: int) -> int:
+def steps_per_epoch(infos: list[Source], batch_size: int) -> int:
     """An epoch is one pass worth of images over all --shards sources (at least one step)."""
     return max(1, math.floor(sum(i.n for i in infos) / batch_size))

@@ -17,7 +17,7 @@ from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.data import eval_loader, eval_transform, guarded
 from distill.distributed import autocast, gather_objects
 from distill.errors import DistillError
-from distill.sources import check_labels, open_dataset
+from distill.sources import check_labels, open_source
 
 
 @torch.no_grad()
@@ -104,8 +104,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, device: str = 
         raise DistillError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model = model_from_checkpoint(ckpt, ema=ema).to(dev)
-    info = open_dataset(data, num_classes=model.num_classes, image_key=image_key, label_key=label_key,
-                        labels_file=labels_file)
+    info = open_source(data, num_classes=model.num_classes, image_key=image_key, label_key=label_key,
+                       labels_file=labels_file)
     if info.num_classes not in (None, model.num_classes):
         raise DistillError(f"{data} has {info.num_classes} classes, the checkpoint's student {model.num_classes}")
     check_labels(info, model.num_classes)

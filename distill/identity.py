@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from distill.sources import DatasetInfo
+from dfgen.dataset import INDEX_FILE
+from distill.sources import Source
 
 DATA_FIELDS = ("shards", "val", "val_labels")  # settings that name data by path, compared by identity instead
 
 
-def source_identity(info: DatasetInfo) -> str:
+def source_identity(info: Source) -> str:
     """A hash of what `info` holds (see the module's description)."""
     content: dict[str, Any] = {"kind": info.kind, "n": info.n, "num_classes": info.num_classes,
                                "classes": info.classes}
@@ -36,7 +37,7 @@ def source_identity(info: DatasetInfo) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def run_data_identity(infos: list[DatasetInfo], val: DatasetInfo | None) -> dict[str, Any]:
+def run_data_identity(infos: list[Source], val: Source | None) -> dict[str, Any]:
     """The identity of a run's training sources (in order) and its validation data, as a checkpoint stores it."""
     return {"shards": [source_identity(i) for i in infos], "val": source_identity(val) if val else None}
 
@@ -44,7 +45,7 @@ def run_data_identity(infos: list[DatasetInfo], val: DatasetInfo | None) -> dict
 def _index_entries(path: Path) -> dict[str, list[Any]]:
     """index.json's shard entries by relative url: [url, nsamples, sha256 (or size)]."""
     try:
-        shardlist = json.loads((path / "index.json").read_text()).get("shardlist", [])
+        shardlist = json.loads((path / INDEX_FILE).read_text()).get("shardlist", [])
     except (OSError, ValueError, AttributeError):
         return {}
     entries = {}

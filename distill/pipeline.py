@@ -27,8 +27,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from dfgen.dataset import IMAGE_EXTS
 from distill.errors import DistillError
-from distill.sources import FOLDER_EXTS, IMAGE_EXTS, DatasetInfo
+from distill.sources import FOLDER_EXTS, Source
 
 LOADER_TIMEOUT_S = 1800.0  # a loader worker that delivers no batch for this long is stuck (a dead mount, a lock)
 
@@ -139,7 +140,7 @@ def worker_slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def shard_draws(info: DatasetInfo, rng: random.Random, bad: BadShards) -> Iterator[int]:
+def shard_draws(info: Source, rng: random.Random, bad: BadShards) -> Iterator[int]:
     """Endless shard indices of one source, drawn with replacement, weighted by size; corrupt ones no longer."""
     known_bad = -1
     while True:
@@ -155,12 +156,12 @@ def shard_draws(info: DatasetInfo, rng: random.Random, bad: BadShards) -> Iterat
         yield good[rng.choices(range(len(good)), cum_weights=cum)[0]]
 
 
-def _chunk_lost(info: DatasetInfo, k: int, bad: BadShards) -> bool:
+def _chunk_lost(info: Source, k: int, bad: BadShards) -> bool:
     """An ImageFolder chunk none of whose files can be read (each reported)."""
     return info.kind == "imagefolder" and all(str(info.path / info.files[i]) in bad.known for i in info.chunks[k])
 
 
-def read_shard(info: DatasetInfo, k: int, bad: BadShards) -> Iterator[dict[str, Any]]:
+def read_shard(info: Source, k: int, bad: BadShards) -> Iterator[dict[str, Any]]:
     """Raw samples {"key", "url", "image" (bytes), "cls", "json"} of shard `k`; a failure is reported and ends it.
     An ImageFolder chunk reports the unreadable file alone and goes on."""
     url = info.urls[k]
@@ -185,7 +186,7 @@ def read_shard(info: DatasetInfo, k: int, bad: BadShards) -> Iterator[dict[str, 
         bad.report(url, exc)
 
 
-def source_samples(info: DatasetInfo, rng: random.Random, bad: BadShards, interleave: int) -> Iterator[dict]:
+def source_samples(info: Source, rng: random.Random, bad: BadShards, interleave: int) -> Iterator[dict]:
     """Endless samples of one source, taken at random from `interleave` shards open at once (one dfgen shard holds
     the images of a few synthesis batches: several open shards mix classes before the shuffle buffer)."""
     draws = shard_draws(info, rng, bad)
@@ -199,7 +200,7 @@ def source_samples(info: DatasetInfo, rng: random.Random, bad: BadShards, interl
         yield sample
 
 
-def mixed_samples(infos: list[DatasetInfo], settings: StreamSettings, bad: BadShards) -> Iterator[dict]:
+def mixed_samples(infos: list[Source], settings: StreamSettings, bad: BadShards) -> Iterator[dict]:
     """Every source's stream, each sample's source drawn by the mix weights (by size if none), repeated."""
     rng = random.Random(f"{settings.seed}:worker{worker_slot()[0]}")
     streams = [source_samples(info, random.Random(f"{settings.seed}:source{s}:worker{worker_slot()[0]}"), bad,
@@ -291,7 +292,7 @@ def dense_logits(soft: dict | None, label: int, num_classes: int, required: bool
     return logits
 
 
-def decode_samples(src: Iterator[dict], infos: list[DatasetInfo], settings: StreamSettings,
+def decode_samples(src: Iterator[dict], infos: list[Source], settings: StreamSettings,
                    bad: BadShards) -> Iterator[tuple]:
     """(image, label, source, stored logits or None), augmented; a bad sample marks its shard (or file) corrupt.
     With stored views, the image is one of its stored crops (drawn per worker, seeded) under `view_transform`."""
@@ -337,7 +338,7 @@ def _seed_numpy(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-def train_loader(infos: list[DatasetInfo], settings: StreamSettings, steps: int, workers: int,
+def train_loader(infos: list[Source], settings: StreamSettings, steps: int, workers: int,
                  known_bad: set[str]) -> wds.WebLoader:
     """One epoch of `steps` batches (this rank's share)."""
     bad = BadShards(known_bad)

@@ -13,7 +13,7 @@ from torch import nn
 
 from dfgen.atomic import write_atomic
 from distill.config import TrainConfig
-from distill.sources import DatasetInfo
+from distill.sources import Source
 from distill.teacher_features import Pair
 
 
@@ -88,7 +88,7 @@ def summary_line(r: dict[str, Any], epochs: int) -> str:
     return text
 
 
-def startup_line(cfg: TrainConfig, model: nn.Module, infos: list[DatasetInfo], steps: int, world_size: int,
+def startup_line(cfg: TrainConfig, model: nn.Module, infos: list[Source], steps: int, world_size: int,
                  device: torch.device, lr: float, teacher_name: str | None, pairs: list[Pair]) -> str:
     """What the run trains: the student, the data, the schedule, the processes, the teacher and the aligned pairs."""
     in_chans, (height, width) = model.patch_embed.proj.in_channels, model.patch_embed.img_size

@@ -1,7 +1,7 @@
 """Opening the data `distill` reads: what a `--shards` / `--val` argument names, validated and described.
 
 A source is one of
-- a dfgen dataset: a directory with dataset.json + index.json + shards/*.tar, as dfgen writes it;
+- a dfgen dataset: a directory with dataset.json + index.json + shards/*.tar (dfgen.dataset opens and checks it);
 - plain WebDataset shards: a brace pattern (`train-{000000..001281}.tar`), a `::`-separated list, one .tar file, or a
   directory of .tar files without dataset.json; `--num-classes` and the image / label keys say how to read them;
 - an ImageFolder tree: one sub-directory of images per class (sorted names = class indices, ImageNet's train layout);
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import random
@@ -26,9 +25,10 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
+from dfgen.dataset import DATASET_FILE, IMAGE_EXTS, INDEX_FILE, DatasetInfo, open_dataset
+from dfgen.errors import DfgenError
 from distill.errors import DistillError
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 FOLDER_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 CHUNK_SIZE = 1000  # files per chunk of an ImageFolder read for training (the size of a dfgen shard)
 SUBSET_SEED = 0  # --fraction subsets are fixed, whatever the run's seed, so runs compare on the same images
@@ -36,7 +36,7 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 @dataclass
-class DatasetInfo:
+class Source:
     """A validated data source: where its images are and what it holds."""
 
     path: Path
@@ -47,7 +47,7 @@ class DatasetInfo:
     image_size: tuple[int, int, int] | None = None
     urls: list[str] = field(default_factory=list)  # tar paths; an ImageFolder's chunks as "DIR#k"
     nsamples: list[int] = field(default_factory=list)
-    description: dict[str, Any] = field(default_factory=dict)  # dataset.json
+    dataset: DatasetInfo | None = None  # a dfgen dataset: its dataset.json and shards
     classes: list[str] | None = None
     files: list[str] = field(default_factory=list)  # imagefolder / flat: paths relative to `path`
     labels: list[int] = field(default_factory=list)  # imagefolder / flat: one per file
@@ -55,34 +55,31 @@ class DatasetInfo:
     image_key: str | None = None  # None: the first of IMAGE_EXTS a sample has
     label_key: str = "cls"
     name: str = ""  # as the user gave it
+    labels_file: str | None = None  # flat: the file its labels came from
 
     @property
     def teacher(self) -> dict[str, Any] | None:
         """The teacher entry of a synthetic set's dataset.json (name, source, data_config), if any."""
-        teacher = self.description.get("teacher")
-        return teacher if isinstance(teacher, dict) else None
+        return self.dataset.teacher if self.dataset else None
 
     @property
     def synthetic(self) -> bool:
-        return self.kind == "shards" and self.description.get("kind", "synthetic") != "real"
+        return self.dataset is not None and self.dataset.synthetic
 
     @property
     def soft_k(self) -> int | None:
         """k of the stored top-k teacher logits (dataset.json "soft_labels"), None when the set stores none."""
-        soft = self.description.get("soft_labels")
-        return int(soft["k"]) if isinstance(soft, dict) and soft.get("k") else None
+        return self.dataset.soft_k if self.dataset else None
 
     @property
     def soft_views(self) -> int:
         """Teacher-labelled crops stored per image (dfgen --soft-views), 0 when none."""
-        soft = self.description.get("soft_labels")
-        views = soft.get("views") if isinstance(soft, dict) else None
-        return int(views["count"]) if isinstance(views, dict) and views.get("count") else 0
+        return self.dataset.soft_views if self.dataset else 0
 
 
-def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int | None = None,
-                 image_key: str | None = None, label_key: str = "cls", labels_file: str | None = None,
-                 classes: list[str] | None = None, fraction: float = 1.0) -> DatasetInfo:
+def open_source(spec: str | Path, allow_folder: bool = True, num_classes: int | None = None,
+                image_key: str | None = None, label_key: str = "cls", labels_file: str | None = None,
+                classes: list[str] | None = None, fraction: float = 1.0) -> Source:
     """Validate a source and describe it. `classes`: the training data's class names (an ImageFolder or label file
     whose names are all among them is indexed by them); `fraction`: keep that share of the images (whole shards, or
     per class for an ImageFolder), the same subset on every run."""
@@ -98,7 +95,7 @@ def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int |
     if not path.is_dir():
         raise DistillError(f"dataset {path} is neither a directory nor .tar shards (expected a dfgen dataset, an "
                            "ImageFolder or WebDataset shards)")
-    if (path / "dataset.json").is_file() or (path / "index.json").is_file():
+    if (path / DATASET_FILE).is_file() or (path / INDEX_FILE).is_file():
         return _subset_shards(_open_dfgen(path), fraction)
     entries = scan_dir(path)
     tars = [e.path for e in entries if e.is_file() and e.name.endswith(".tar")]
@@ -117,14 +114,14 @@ def open_dataset(spec: str | Path, allow_folder: bool = True, num_classes: int |
 
 
 def open_training_sets(paths: list[str], num_classes: int | None = None, image_key: str | None = None,
-                       label_key: str = "cls", fractions: list[float] | None = None) -> list[DatasetInfo]:
+                       label_key: str = "cls", fractions: list[float] | None = None) -> list[Source]:
     """Open every --shards source; they must agree on classes and channels (synthetic + real mixes)."""
     if not paths:
         raise DistillError("no training data: give --shards DIR (a dfgen dataset, an ImageFolder or .tar shards)")
     fractions = fractions or [1.0] * len(paths)
     if len(fractions) != len(paths):
         raise DistillError(f"--fraction gives {len(fractions)} value(s) for {len(paths)} --shards source(s)")
-    infos = [open_dataset(p, num_classes=num_classes, image_key=image_key, label_key=label_key, fraction=f)
+    infos = [open_source(p, num_classes=num_classes, image_key=image_key, label_key=label_key, fraction=f)
              for p, f in zip(paths, fractions, strict=True)]
     for key in ("num_classes", "in_chans"):
         values = {getattr(i, key) for i in infos if getattr(i, key) is not None}
@@ -134,54 +131,29 @@ def open_training_sets(paths: list[str], num_classes: int | None = None, image_k
     return infos
 
 
-def _read_json(path: Path, hint: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DistillError(f"{path} not found; {hint}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise DistillError(f"{path} is not readable JSON ({exc}); {hint}") from None
-    if not isinstance(data, dict):
-        raise DistillError(f"{path} does not hold a JSON object; {hint}")
-    return data
-
-
-def _check_tars(tars: list[str], sizes: list[int | None], where: str, hint: str) -> None:
+def _check_tars(tars: list[str], where: str) -> None:
     problems = []
-    for tar, size in zip(tars, sizes, strict=True):
+    for tar in tars:
         shard = Path(tar)
         if not shard.is_file():
             problems.append(f"{shard.name} (missing)")
-        elif size is not None and shard.stat().st_size != size:
-            problems.append(f"{shard.name} (truncated: {shard.stat().st_size} of {size} bytes)")
         elif not tarfile.is_tarfile(shard):
             problems.append(f"{shard.name} (not a tar file)")
     if problems:
         listed = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        raise DistillError(f"{len(problems)} of {len(tars)} shard(s) of {where} are damaged: {listed}; {hint}")
+        raise DistillError(f"{len(problems)} of {len(tars)} shard(s) of {where} are damaged: {listed}; check the "
+                           "shard pattern")
 
 
-def _open_dfgen(path: Path) -> DatasetInfo:
-    hint = f"rebuild it with `dfgen index {path}` or rerun the dfgen command that made the dataset"
-    description = _read_json(path / "dataset.json", hint)
-    index = _read_json(path / "index.json", hint)
-    shardlist = index.get("shardlist")
-    if not isinstance(shardlist, list):
-        raise DistillError(f"{path / 'index.json'} has no shardlist; {hint}")
-    entries = [s for s in shardlist if isinstance(s, dict) and s.get("url")]
-    n = sum(int(s.get("nsamples", 0)) for s in entries)
-    if not entries or n == 0:
-        raise DistillError(f"dataset {path} is empty (no shards or no images in index.json); {hint}")
-    urls = [str((path / e["url"]).resolve()) for e in entries]
-    _check_tars(urls, [int(e["filesize"]) if "filesize" in e else None for e in entries], str(path), hint)
-    size = description.get("image_size")
-    classes = description.get("classes")
-    return DatasetInfo(
-        path=path, kind="shards", n=n, num_classes=description.get("num_classes"),
-        in_chans=description.get("in_chans"),
-        image_size=tuple(int(v) for v in size) if isinstance(size, list) and len(size) == 3 else None,
-        urls=urls, nsamples=[int(e.get("nsamples", 0)) for e in entries], description=description,
-        classes=[str(c) for c in classes] if isinstance(classes, list) else None, name=str(path),
+def _open_dfgen(path: Path) -> Source:
+    try:
+        dataset = open_dataset(path)
+    except DfgenError as exc:
+        raise DistillError(str(exc)) from None
+    return Source(
+        path=path, kind="shards", n=dataset.n, num_classes=dataset.num_classes, in_chans=dataset.in_chans,
+        image_size=dataset.image_size, urls=[str(s.path.resolve()) for s in dataset.shards],
+        nsamples=[s.count or 0 for s in dataset.shards], dataset=dataset, classes=dataset.classes, name=str(path),
     )
 
 
@@ -198,19 +170,19 @@ def _count_samples(url: str) -> int:
 
 
 def _open_webdataset(spec: str, urls: list[str], num_classes: int | None, image_key: str | None,
-                     label_key: str) -> DatasetInfo:
+                     label_key: str) -> Source:
     hint = "check the shard pattern"
     if any("://" in u or u.startswith("pipe:") for u in urls):
         raise DistillError(f"{spec}: distill reads local (or mounted) .tar shards only, not remote urls")
     urls = [str(Path(u).resolve()) for u in urls]
-    _check_tars(urls, [None] * len(urls), spec, hint)
+    _check_tars(urls, spec)
     if not num_classes:
         raise DistillError(f"{spec}: plain WebDataset shards carry no class count; pass --num-classes")
     with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:  # header scans are I/O bound
         nsamples = list(pool.map(_count_samples, urls))
     if sum(nsamples) == 0:
         raise DistillError(f"{spec}: no images ({', '.join(IMAGE_EXTS)}) in {len(urls)} shard(s)")
-    info = DatasetInfo(path=Path(urls[0]).parent, kind="webdataset", n=sum(nsamples), num_classes=num_classes,
+    info = Source(path=Path(urls[0]).parent, kind="webdataset", n=sum(nsamples), num_classes=num_classes,
                        urls=urls, nsamples=nsamples, image_key=image_key, label_key=label_key, name=spec)
     sample_url = urls[nsamples.index(max(nsamples))]
     try:
@@ -248,7 +220,7 @@ def _first_shape(path: Path, files: list[str], tries: int = 100) -> tuple[int, t
                        "files")
 
 
-def _subset_shards(info: DatasetInfo, fraction: float) -> DatasetInfo:
+def _subset_shards(info: Source, fraction: float) -> Source:
     if fraction >= 1:
         return info
     count = max(1, round(fraction * len(info.urls)))
@@ -303,12 +275,12 @@ def subset_counts(sizes: list[int], fraction: float) -> list[int]:
     return [min(count, n) for count, n in zip(counts, sizes, strict=True)]
 
 
-def check_labels(info: DatasetInfo, num_classes: int) -> None:
+def check_labels(info: Source, num_classes: int) -> None:
     """Every label of a file-based source (ImageFolder, flat directory with a label file) is a class of the model;
     a one-line error naming the first file that is not (it would count as a wrong answer)."""
     for name, label in zip(info.files, info.labels, strict=True):
         if not 0 <= label < num_classes:
-            where = f" ({info.description['labels_file']})" if info.description.get("labels_file") else ""
+            where = f" ({info.labels_file})" if info.labels_file else ""
             raise DistillError(f"{info.path / name} has label {label}{where}, outside the {num_classes} classes "
                                f"(0..{num_classes - 1}); fix the label file or the class count")
 
@@ -320,7 +292,7 @@ def _class_index(names: list[str], classes: list[str] | None) -> dict[str, int]:
     return {n: i for i, n in enumerate(sorted(names))}
 
 
-def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> DatasetInfo:
+def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> Source:
     names = [e.name for e in scan_dir(path) if e.is_dir() and not e.name.startswith(".")]
     index = _class_index(names, classes)
     per_class = [[f"{name}/{e.name}" for e in scan_dir(path / name)
@@ -341,7 +313,7 @@ def _open_folder(path: Path, classes: list[str] | None, fraction: float) -> Data
     in_chans, size = _first_shape(path, files)
     # indexed by the training data's class list, a folder may hold only some of the classes: no count to check then
     num_classes = len(names) if max(labels) < len(names) else None
-    return DatasetInfo(path=path, kind="imagefolder", n=len(files), num_classes=num_classes,
+    return Source(path=path, kind="imagefolder", n=len(files), num_classes=num_classes,
                        in_chans=in_chans, image_size=size, urls=[f"{path}#{k}" for k in range(len(chunks))],
                        nsamples=[len(c) for c in chunks], classes=names, files=files, labels=labels, chunks=chunks,
                        name=str(path))
@@ -376,7 +348,7 @@ def read_label_file(labels_file: str | Path, classes: list[str] | None) -> dict[
     return table
 
 
-def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> DatasetInfo:
+def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> Source:
     table = read_label_file(labels_file, classes)
     files = [e.name for e in scan_dir(path) if e.is_file() and Path(e.name).suffix.lower() in FOLDER_EXTS]
     labels, missing = [], []
@@ -389,5 +361,5 @@ def _open_flat(path: Path, labels_file: str, classes: list[str] | None) -> Datas
         raise DistillError(f"{labels_file} gives no label for {len(missing)} of the {len(files)} images in {path} "
                            f"(first: {missing[0]})")
     in_chans, size = _first_shape(path, files)
-    return DatasetInfo(path=path, kind="flat", n=len(files), num_classes=None, in_chans=in_chans, image_size=size,
-                       files=files, labels=labels, name=str(path), description={"labels_file": str(labels_file)})
+    return Source(path=path, kind="flat", n=len(files), num_classes=None, in_chans=in_chans, image_size=size,
+                  files=files, labels=labels, name=str(path), labels_file=str(labels_file))

@@ -7,21 +7,21 @@ normalization, weights file); --teacher-weights replaces the recorded file.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dfgen.dataset import DATASET_FILE, read_description
 from distill.config import TrainConfig
 from distill.errors import DistillError
 from distill.models import DearKD
-from distill.sources import DatasetInfo
+from distill.sources import Source
 from distill.teacher_features import Pair, TeacherFeatures, resolve_pairs, teacher_stages
 
 
-def load_stage1_teacher(cfg: TrainConfig, infos: list[DatasetInfo], model: DearKD, device: torch.device,
+def load_stage1_teacher(cfg: TrainConfig, infos: list[Source], model: DearKD, device: torch.device,
                         data_config: dict[str, Any]) -> tuple[TeacherFeatures, list[Pair], str]:
     """The teacher wrapped for stage 1 (logits and the aligned stage maps), the block/stage pairs of the hidden loss
     (none when its weight is 0), and the teacher's name."""
@@ -29,11 +29,11 @@ def load_stage1_teacher(cfg: TrainConfig, infos: list[DatasetInfo], model: DearK
 
     name = cfg.teacher
     recorded = [i.teacher for i in infos if i.teacher and i.teacher.get("name")]
-    if name is not None and (Path(name) / "dataset.json").is_file():
+    if name is not None and (Path(name) / DATASET_FILE).is_file():
         # --teacher DIR: the teacher that made the dfgen dataset DIR, e.g. to distill on real data from it
-        entry = json.loads((Path(name) / "dataset.json").read_text()).get("teacher")
+        entry = read_description(name).get("teacher")
         if not isinstance(entry, dict) or not entry.get("name"):
-            raise DistillError(f"{name}/dataset.json records no teacher; give a teacher name")
+            raise DistillError(f"{name}/{DATASET_FILE} records no teacher; give a teacher name")
         recorded, name = [entry, *recorded], entry["name"]
     if name is None:
         if not recorded:

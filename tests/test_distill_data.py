@@ -17,7 +17,7 @@ from distill import DistillError
 from distill import data as data_module
 from distill.data import FileEval, eval_dataset, probe_images
 from distill.pipeline import BadShards, ShardHealth, StreamSettings, mixed_samples, train_loader
-from distill.sources import open_dataset, read_label_file
+from distill.sources import open_source, read_label_file
 
 
 def to_uint8(images):
@@ -27,7 +27,7 @@ def to_uint8(images):
 def write_folder(dataset: Path, folder: Path, flat: bool = False) -> list[tuple[str, int]]:
     """The images of a dfgen dataset as PNG files: in class sub-folders, or flat (returns (file, label) pairs)."""
     written = []
-    for url in open_dataset(dataset).urls:
+    for url in open_source(dataset).urls:
         for sample in wds.tariterators.tarfile_samples([{"url": url}]):
             label = sample["cls"].decode()
             target = folder if flat else folder / label
@@ -71,37 +71,37 @@ def settings(**overrides):
 # ------------------------------------------------------------------------------------------------ sources
 def test_imagefolder_is_dealt_into_chunks_of_mixed_classes(digits_folder, monkeypatch):
     monkeypatch.setattr("distill.sources.CHUNK_SIZE", 16)
-    info = open_dataset(digits_folder / "train")
+    info = open_source(digits_folder / "train")
     assert (info.kind, info.n, info.num_classes, info.in_chans, info.image_size) == ("imagefolder", 64, 10, 1,
                                                                                        (1, 32, 32))
     assert len(info.urls) == 4 and sorted(i for c in info.chunks for i in c) == list(range(64))
     assert all(len({info.labels[i] for i in chunk}) >= 5 for chunk in info.chunks)  # sorted files: 1-3 classes
     counts = Counter(info.labels)
-    half = open_dataset(digits_folder / "train", fraction=0.5)
+    half = open_source(digits_folder / "train", fraction=0.5)
     assert half.n == 32  # half of the 64, spread over the classes: each keeps half its images, rounded either way
     assert all(math.floor(0.5 * n) <= Counter(half.labels)[c] <= math.ceil(0.5 * n) for c, n in counts.items())
-    assert half.files == open_dataset(digits_folder / "train", fraction=0.5).files  # the same subset every run
+    assert half.files == open_source(digits_folder / "train", fraction=0.5).files  # the same subset every run
 
 
 def test_plain_webdataset_shards_by_pattern_list_or_directory(digits, tmp_path):
     shards = digits / "train" / "shards"
     pattern = str(shards / "shard-{000000..000001}.tar")
-    info = open_dataset(pattern, num_classes=10)
+    info = open_source(pattern, num_classes=10)
     assert (info.kind, info.n, info.nsamples, info.in_chans) == ("webdataset", 64, [32, 32], 1)
-    listed = open_dataset(f"{shards}/shard-000000.tar::{shards}/shard-000001.tar", num_classes=10)
+    listed = open_source(f"{shards}/shard-000000.tar::{shards}/shard-000001.tar", num_classes=10)
     assert listed.urls == info.urls
     plain = tmp_path / "plain"
     plain.mkdir()
     for tar in shards.glob("*.tar"):
         shutil.copy(tar, plain / tar.name)
-    assert open_dataset(plain, num_classes=10).n == 64
-    assert open_dataset(pattern, num_classes=10, fraction=0.5).n == 32
+    assert open_source(plain, num_classes=10).n == 64
+    assert open_source(pattern, num_classes=10, fraction=0.5).n == 32
     with pytest.raises(DistillError, match="carry no class count; pass --num-classes"):
-        open_dataset(pattern)
+        open_source(pattern)
     with pytest.raises(DistillError, match="has no label 'label'; its keys are cls, json, png"):
-        open_dataset(pattern, num_classes=10, label_key="label")
+        open_source(pattern, num_classes=10, label_key="label")
     with pytest.raises(DistillError, match=r"1 of 3 shard\(s\) .* shard-000002.tar \(missing\)"):
-        open_dataset(str(shards / "shard-{000000..000002}.tar"), num_classes=10)
+        open_source(str(shards / "shard-{000000..000002}.tar"), num_classes=10)
 
 
 def test_label_files_for_the_flat_validation_layout(tmp_path):
@@ -124,13 +124,13 @@ def test_label_files_for_the_flat_validation_layout(tmp_path):
 def test_flat_directory_needs_and_reads_a_label_file(digits, tmp_path):
     written = write_folder(digits / "test", tmp_path / "flat", flat=True)
     with pytest.raises(DistillError, match="no class folders; .* --val-labels FILE"):
-        open_dataset(tmp_path / "flat")
+        open_source(tmp_path / "flat")
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{Path(name).stem} {label}\n" for name, label in written[1:]))
     with pytest.raises(DistillError, match="no label for 1 of the 32 images"):
-        open_dataset(tmp_path / "flat", labels_file=labels)
+        open_source(tmp_path / "flat", labels_file=labels)
     labels.write_text("".join(f"{name} {label}\n" for name, label in written))
-    info = open_dataset(tmp_path / "flat", labels_file=labels)
+    info = open_source(tmp_path / "flat", labels_file=labels)
     assert info.kind == "flat" and info.n == 32
     assert sorted(zip(info.files, info.labels, strict=True)) == sorted(written)
 
@@ -146,7 +146,7 @@ def test_interleaved_shards_and_a_large_buffer_mix_classes(by_class):
     from distill.config import TrainConfig
 
     assert (TrainConfig.shard_interleave, TrainConfig.shuffle_buffer) == (4, 8192)  # the defaults
-    info = open_dataset(by_class)
+    info = open_source(by_class)
     old = settings(interleave=1, shuffle_buffer=32)  # before: one shard at a time, a buffer the size of a shard
     new = settings(interleave=4, shuffle_buffer=1024)  # 32 shards' worth (the default 8192 saturates the same)
     entropies = {}
@@ -158,7 +158,7 @@ def test_interleaved_shards_and_a_large_buffer_mix_classes(by_class):
 
 
 def test_mix_weights_and_repeated_samples(by_class, digits):
-    infos = [open_dataset(by_class), open_dataset(digits / "train")]
+    infos = [open_source(by_class), open_source(digits / "train")]
     stream = mixed_samples(infos, settings(mix=(0.2, 0.8)), BadShards())
     sources = [next(stream)["source"] for _ in range(2000)]
     assert sources.count(0) / 2000 == pytest.approx(0.2, abs=0.03)
@@ -182,7 +182,7 @@ def test_shard_health_names_each_shard_once_and_sums_ranks():
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def test_each_rank_and_worker_reads_whole_shards_of_its_own(by_class, monkeypatch):
-    info = open_dataset(by_class)
+    info = open_source(by_class)
     opened = []
     read = wds.tariterators.tarfile_samples
 
@@ -202,7 +202,7 @@ def test_each_rank_and_worker_reads_whole_shards_of_its_own(by_class, monkeypatc
 
 
 def test_probe_takes_a_strided_subset(digits_folder):
-    info = open_dataset(digits_folder / "test")
+    info = open_source(digits_folder / "test")
     transform = data_module.eval_transform({"input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,)})
     probe = probe_images(info, transform, 1, 8)
     wanted = [(k * 32) // 8 for k in range(8)]
@@ -223,7 +223,7 @@ def test_real_imagefolder_mixed_with_a_dfgen_set_trains_and_logs_the_mix(digits,
                           shuffle_buffer=32)
     train(config)
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
-    real = open_dataset(digits_folder / "train", fraction=0.5).n  # half of the images, spread over the classes
+    real = open_source(digits_folder / "train", fraction=0.5).n  # half of the images, spread over the classes
     assert record["rank_steps"] == [(real + 32) // 16] and record["val_n"] == 32 and "loss_hidden" in record
     # 64 draws of a 0.1 share (by size it would be ~0.5); the ratio itself is checked on 2,000 draws above
     assert sum(record["mix"]) == pytest.approx(1.0) and record["mix"][0] < 0.3

@@ -21,7 +21,7 @@ from distill.distributed import launch_from_env
 from distill.evaluation import evaluate
 from distill.pipeline import BadShards, StreamSettings, decode_samples, dense_logits, train_loader
 from distill.run_log import write_config
-from distill.sources import open_dataset, subset_counts
+from distill.sources import open_source, subset_counts
 from distill.student import create_student
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def copy_folder(digits_dataset: Path, target: Path) -> Path:
     """The images of a dfgen dataset as an ImageFolder."""
     import webdataset as wds
 
-    for url in open_dataset(digits_dataset).urls:
+    for url in open_source(digits_dataset).urls:
         for sample in wds.tariterators.tarfile_samples([{"url": url}]):
             (target / sample["cls"].decode()).mkdir(parents=True, exist_ok=True)
             (target / sample["cls"].decode() / f"{sample['__key__']}.png").write_bytes(sample["png"])
@@ -189,16 +189,16 @@ def test_an_undecodable_image_in_evaluation_shards_is_skipped_and_a_wrong_label_
     with wds.TarWriter(str(tar)) as sink:
         for key, image, label in (("a", png(), b"1"), ("b", b"garbage", b"2"), ("c", png(), b"3")):
             sink.write({"__key__": key, "png": image, "cls": label})
-    items = list(eval_dataset(open_dataset(str(tar), num_classes=10), lambda image: torch.zeros(1), 1, 10))
+    items = list(eval_dataset(open_source(str(tar), num_classes=10), lambda image: torch.zeros(1), 1, 10))
     assert [item[1] for item in items if not isinstance(item, Unreadable)] == [1, 3]
     assert [item.name for item in items if isinstance(item, Unreadable)] == [f"{tar}:b"]
     with pytest.raises(DistillError, match=rf"sample c of {tar} in the evaluation data: label 3 is outside the 3 "):
-        list(eval_dataset(open_dataset(str(tar), num_classes=3), lambda image: torch.zeros(1), 1, 3))
+        list(eval_dataset(open_source(str(tar), num_classes=3), lambda image: torch.zeros(1), 1, 3))
 
 
 def test_an_imagefolder_none_of_whose_images_decodes_is_an_error_not_a_hang(tmp_path):
     root = folder(tmp_path / "train", classes=2, per_class=3)
-    info = open_dataset(root)
+    info = open_source(root)
     for path in root.rglob("*.png"):  # broken after the start-up check: met only while training
         path.write_bytes(b"garbage")
     settings = StreamSettings(seed="0", batch_size=2, num_classes=2, mode="L", transform=lambda image: torch.zeros(1),
@@ -206,13 +206,13 @@ def test_an_imagefolder_none_of_whose_images_decodes_is_an_error_not_a_hang(tmp_
     with pytest.raises(DistillError, match=f"no image of the ImageFolder {root} can be read"):
         next(iter(train_loader([info], settings, steps=1, workers=0, known_bad=set())))
     with pytest.raises(DistillError, match=f"none of the first 6 images of {root} can be read"):
-        open_dataset(root)
+        open_source(root)
 
 
 def test_a_stuck_loader_times_out_with_a_message(tmp_path, monkeypatch):
     import time
 
-    info = open_dataset(folder(tmp_path / "val", classes=2, per_class=2))
+    info = open_source(folder(tmp_path / "val", classes=2, per_class=2))
     monkeypatch.setattr(pipeline, "LOADER_TIMEOUT_S", 1.0)
     monkeypatch.setattr(data_module.FileEval, "__getitem__", lambda self, i: time.sleep(60))  # a dead mount
     loader = eval_loader(info, lambda image: torch.zeros(1, 4, 4), 1, 2, batch_size=2, workers=1)
@@ -225,18 +225,18 @@ def test_a_symbolic_link_loop_is_one_line(tmp_path):
     root = folder(tmp_path / "train", classes=2, per_class=1)
     os.symlink("loop.png", root / "1" / "loop.png")
     with pytest.raises(DistillError, match=r"loop.png: Too many levels of symbolic links \(a symbolic link loop\?\)"):
-        open_dataset(root)
+        open_source(root)
     (root / "1" / "loop.png").unlink()
     os.symlink(root / "c", root / "c")
     with pytest.raises(DistillError, match="symbolic link loop"):
-        open_dataset(root)
+        open_source(root)
 
 
 # ---------------------------------------------------------------------------------------------- data that does not fit
 def test_fraction_takes_the_share_asked_for_of_a_small_imagefolder(tmp_path):
     root = folder(tmp_path / "train", classes=10, per_class=6)
-    assert open_dataset(root, fraction=0.1).n == 6
-    assert open_dataset(root, fraction=0.5).n == 30
+    assert open_source(root, fraction=0.1).n == 6
+    assert open_source(root, fraction=0.5).n == 30
     assert subset_counts([6] * 10, 0.1) == [1] * 6 + [0] * 4
     assert subset_counts([1300, 1300], 0.1) == [130, 130] and subset_counts([3, 1], 0.01) == [1, 0]
 
@@ -264,7 +264,7 @@ def test_hidden_causes_are_named(tmp_path):
     settings = StreamSettings(seed="0", batch_size=2, num_classes=5, mode="L", transform=lambda image: torch.zeros(1),
                               shuffle_buffer=1)
     with pytest.raises(DistillError, match=r"label [5-7] is outside the 5 classes \(0..4\)"):
-        for _ in train_loader([open_dataset(data)], settings, steps=4, workers=0, known_bad=set()):
+        for _ in train_loader([open_source(data)], settings, steps=4, workers=0, known_bad=set()):
             pass
 
     soft = dict(settings.__dict__, num_classes=10, soft=True)

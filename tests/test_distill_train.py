@@ -10,9 +10,9 @@ import torch
 
 from dfgen.realdata import write_image_dataset
 from distill import DistillError, build_config, evaluate_checkpoint, train
-from distill.data import open_dataset
 from distill.losses import dearkd_loss, distillation_target, label_criterion
 from distill.models import Aligner
+from distill.sources import open_source
 from distill.teacher_features import TeacherFeatures, default_block, nearest_stage, parse_align, teacher_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_eval_on_an_imagefolder_or_a_flat_directory_matches_the_shards(straight_
     folder, flat = tmp_path / "folder", tmp_path / "flat"
     flat.mkdir()
     lines = []
-    for url in open_dataset(digits / "test").urls:
+    for url in open_source(digits / "test").urls:
         for sample in wds.tariterators.tarfile_samples([{"url": url}]):
             label, name = sample["cls"].decode(), f"{sample['__key__']}.png"
             (folder / label).mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def test_bad_input_is_a_clear_error(digits, tmp_path):
     (empty / "dataset.json").write_text(json.dumps({"kind": "real", "n": 0, "num_classes": 10}))
     (empty / "index.json").write_text(json.dumps({"__kind__": "wids-shard-index-v1", "shardlist": []}))
     with pytest.raises(DistillError, match="empty"):
-        open_dataset(empty)
+        open_source(empty)
     with pytest.raises(DistillError, match="unknown student model 'dearkd_nano'"):
         train(tiny_config(digits, tmp_path / "b", model="dearkd_nano"))
     with pytest.raises(DistillError, match="resnet18 is not a DearKD student"):
@@ -235,10 +235,10 @@ def test_missing_and_truncated_shards(digits, tmp_path):
     tar = broken / "shards" / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[:1000])
     with pytest.raises(DistillError, match=r"shard-000001.tar \(truncated"):
-        open_dataset(broken)
+        open_source(broken)
     tar.unlink()
     with pytest.raises(DistillError, match=r"shard-000001.tar \(missing\)"):
-        open_dataset(broken)
+        open_source(broken)
 
 
 def test_corrupt_shards_found_by_two_workers_are_counted_and_stop_the_run(digits, tmp_path, capsys):

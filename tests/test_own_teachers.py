@@ -335,7 +335,7 @@ def test_distill_rebuilds_the_own_teacher_from_dataset_json(tmp_path, models_py,
 
     import distill  # noqa: F401  (registers the students)
     from distill.config import build_config
-    from distill.data import open_dataset
+    from distill.sources import open_source
     from distill.teacher import load_stage1_teacher as _load_teacher
 
     weights = own_weights(tmp_path / "own.pt", num_classes=4, in_chans=1)
@@ -346,7 +346,7 @@ def test_distill_rebuilds_the_own_teacher_from_dataset_json(tmp_path, models_py,
     monkeypatch.chdir(tmp_path)  # the relative factory path was resolved when it was recorded
     student = timm.create_model("dearkd_micro_patch4_32", num_classes=4, in_chans=1)
     cfg = build_config(shards=[str(out)], device="cpu")
-    features, pairs, name = _load_teacher(cfg, [open_dataset(out)], student, torch.device("cpu"),
+    features, pairs, name = _load_teacher(cfg, [open_source(out)], student, torch.device("cpu"),
                                           {"mean": (0.5,), "std": (0.5,)})
     assert name.endswith("models.py:make") and pairs
     recorded = json.loads((out / "dataset.json").read_text())["teacher"]

@@ -190,7 +190,8 @@ def test_stratified_indices_keep_each_class_share_deterministically():
 
 
 def test_export_real_streams_both_splits_that_distill_and_report_read(tiny_fashion, tmp_path, dfgen_cli):
-    from distill.data import eval_dataset, open_dataset
+    from distill.data import eval_dataset
+    from distill.sources import open_source
 
     code, out, err = dfgen_cli(["export-real", "fmnist", "--out", tmp_path / "fm", "--train-fraction", "0.5"])
     assert code == 0, err
@@ -204,9 +205,9 @@ def test_export_real_streams_both_splits_that_distill_and_report_read(tiny_fashi
     images, labels = read_image_dataset(test)
     assert torch.equal(images[:, 0], torch.from_numpy(tiny_fashion["test"][0]))  # PNG round trip is exact
     assert labels.tolist() == tiny_fashion["test"][1].tolist()
-    info = open_dataset(train)
+    info = open_source(train)
     assert (info.n, info.num_classes, info.in_chans) == (20, 10, 1)
-    first, label = next(iter(eval_dataset(open_dataset(test), lambda image: image, 1, 10)))  # distill's eval reader
+    first, label = next(iter(eval_dataset(open_source(test), lambda image: image, 1, 10)))  # distill's eval reader
     assert first.size == (28, 28) and label == 0
     assert np.array_equal(np.asarray(first), tiny_fashion["test"][0][0])
     code, out, err = dfgen_cli(["report", train, "--out", tmp_path / "report", "--lpips-net", "none", "--quiet"])
@@ -236,5 +237,5 @@ def test_write_image_stream_refuses_mixed_shapes_and_empty_input(tmp_path):
         write_image_stream(tmp_path / "a", [(good, 0), (np.zeros((1, 5, 4), np.uint8), 1)], {})
     with pytest.raises(DfgenError, match="no images"):
         write_image_stream(tmp_path / "b", [], {})
-    with pytest.raises(DfgenError, match="no readable index.json"):
+    with pytest.raises(DfgenError, match="dataset.json not found"):
         read_image_dataset(tmp_path / "b")

@@ -21,12 +21,12 @@ from PIL import Image
 
 import dfgen
 from dfgen.cli import cli
+from dfgen.dataset import open_dataset, sha256_file
 from dfgen.errors import DfgenError
 from dfgen.report import make_report
 from dfgen.report.cli import report as report_command
-from dfgen.report.data import Reservoir, open_dataset, scan_shards
+from dfgen.report.data import Reservoir, scan_shards
 from dfgen.report.metrics import aggregate, backbone_file, mean_pairwise_distance, sample_pairs
-from dfgen.shards import sha256_file
 from dfgen.teachers import load_teacher
 
 if "report" not in cli.commands:  # dfgen/cli.py registers it; make the tests independent of that

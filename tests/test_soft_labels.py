@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from timm.data.mixup import mixup_target
 
-from dfgen.shards import Sample, build_index, encode_image, image_key, write_json_atomic, write_shard
+from dfgen.dataset import build_index
+from dfgen.shards import Sample, encode_image, image_key, write_json_atomic, write_shard
 from distill import DistillError, build_config, train
 from distill import engine as engine_module
 from distill.losses import PairedMixup, distillation_loss, distillation_target, mix_targets

@@ -43,8 +43,9 @@ from tqdm.auto import tqdm
 
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
+from dfgen.dataset import DatasetInfo, open_dataset, with_sidecar_figures
 from dfgen.errors import DfgenError
-from dfgen.report.data import DatasetInfo, ScanResult, decode_refs, open_dataset, scan_shards
+from dfgen.report.data import ScanResult, decode_refs, scan_shards
 from dfgen.report.html import grid_image, grouped_bars, histogram, write_html
 from dfgen.report.metrics import (
     LPIPS_NETS,
@@ -286,7 +287,8 @@ def make_report(
         raise DfgenError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)} or none, got {lpips_net!r}")
     torch_device = resolve_device(device, 0)
 
-    infos = [open_dataset(Path(d)) for d in datasets]  # all dataset.json / index.json errors before any work
+    # every dataset.json / index.json / sidecar error before any work
+    infos = [with_sidecar_figures(open_dataset(Path(d))) for d in datasets]
     names = _unique_names(infos)
     # The data first (cheap, and its errors say which shard to remake), then the networks (downloads, memory).
     scans = []
@@ -306,7 +308,7 @@ def make_report(
         model, teacher_entry, warnings = resolve_teacher(info, teacher, teacher_weights, cache)
         for warning in warnings:
             _log(f"warning: {name}: {warning}", False)
-        recorded_counts = info.meta.get("class_counts")
+        recorded_counts = info.description.get("class_counts")
         if isinstance(recorded_counts, list) and recorded_counts != scan.class_counts:
             warnings.append("class counts in the shards differ from dataset.json's class_counts")
             _log(f"warning: {name}: {warnings[-1]}", False)
@@ -319,7 +321,7 @@ def make_report(
         all_grids[name] = grids
         if model is not None:
             probs_by_name[name] = probs
-        meta = info.meta
+        meta = info.description
         entry = {
             "name": name,
             "path": str(info.path),

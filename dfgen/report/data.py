@@ -1,4 +1,4 @@
-"""Reading side of `dfgen report`: open a dataset directory, check every shard against its sidecar in
+"""Reading side of `dfgen report`: check every shard of a dataset (dfgen.dataset opens it) against its sidecar in
 one streaming pass, and keep a deterministic per-class reservoir sample of *references* to images
 (shard, byte offset, size), so that only the kept images are ever read again and decoded."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import tarfile
 import time
@@ -18,50 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dfgen.dataset import IMAGE_EXTS, DatasetInfo, ShardInfo, split_key
 from dfgen.errors import DfgenError
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _READ_CHUNK = 1 << 20
 _TAR_BLOCK = 512
-
-
-@dataclass
-class ShardInfo:
-    """One shard as the index and its sidecar describe it."""
-
-    path: Path
-    sidecar_path: Path
-    sha256: str
-    bytes: int
-    count: int | None
-
-
-@dataclass
-class DatasetInfo:
-    """dataset.json plus the resolved list of shards of one dataset directory."""
-
-    path: Path
-    name: str
-    meta: dict[str, Any]
-    shards: list[ShardInfo]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def class_names(self) -> list[str]:
-        names = self.meta.get("classes")
-        if isinstance(names, list) and len(names) == self.num_classes:
-            return [str(c) for c in names]
-        return [str(i) for i in range(self.num_classes)]
-
-    @property
-    def in_chans(self) -> int:
-        if "in_chans" in self.meta:
-            return int(self.meta["in_chans"])
-        size = self.meta.get("image_size") or [3]
-        return int(size[0])
 
 
 @dataclass(frozen=True)
@@ -89,58 +49,6 @@ class ScanResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path, what: str, hint: str) -> Any:
-    if not path.is_file():
-        raise DfgenError(f"{path} not found: {what}; {hint}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DfgenError(f"{path} is not valid JSON ({exc}); {hint}") from exc
-
-
-def open_dataset(path: str | Path) -> DatasetInfo:
-    """Read dataset.json and index.json of a dataset directory and locate every shard and sidecar.
-
-    Raises DfgenError naming the file for a missing or unreadable dataset.json / index.json."""
-    root = Path(path)
-    if not root.is_dir():
-        raise DfgenError(f"{root} is not a directory; pass a dataset directory written by dfgen synthesize")
-    meta = _read_json(
-        root / "dataset.json",
-        f"{root} is not a complete dfgen dataset",
-        "pass a directory written by dfgen synthesize or dfgen export-digits (an unfinished synthesis writes it "
-        "when its last shard is done; rerun the synthesize command or dfgen index)",
-    )
-    if not isinstance(meta, dict) or not isinstance(meta.get("num_classes"), int) or meta["num_classes"] < 1:
-        raise DfgenError(f"{root / 'dataset.json'} has no positive 'num_classes'; it was not written by dfgen")
-    index = _read_json(root / "index.json", "the shard index is missing", f"rebuild it with `dfgen index {root}`")
-    shardlist = index.get("shardlist") if isinstance(index, dict) else None
-    if not isinstance(shardlist, list) or not shardlist:
-        raise DfgenError(f"{root / 'index.json'} lists no shards; rebuild it with `dfgen index {root}`")
-    shards = []
-    for entry in shardlist:
-        if not isinstance(entry, dict) or "url" not in entry:
-            raise DfgenError(f"{root / 'index.json'} has an entry without 'url'; rebuild it with `dfgen index {root}`")
-        tar = root / str(entry["url"])
-        sidecar_path = tar.with_suffix(".json")
-        if not tar.is_file():
-            raise DfgenError(f"shard {tar} listed in index.json is missing; rerun the synthesize command to make it")
-        sidecar = _read_json(
-            sidecar_path,
-            f"the sidecar of {tar.name} is missing, so the shard was never completed",
-            "rerun the synthesize command to remake the shard",
-        )
-        if not isinstance(sidecar, dict) or "sha256" not in sidecar or "bytes" not in sidecar:
-            raise DfgenError(f"{sidecar_path} has no sha256/bytes; rerun the synthesize command to remake {tar.name}")
-        if entry.get("sha256") not in (None, sidecar["sha256"]):
-            raise DfgenError(
-                f"{root / 'index.json'} does not match its shards ({tar.name} has another sha256 in its sidecar "
-                f"{sidecar_path.name}); rebuild it with `dfgen index {root}`"
-            )
-        shards.append(ShardInfo(tar, sidecar_path, str(sidecar["sha256"]), int(sidecar["bytes"]), sidecar.get("count")))
-    return DatasetInfo(root, root.resolve().name, meta, shards)
-
-
 class _HashingReader:
     """A read-only file wrapper that hashes and counts every byte tarfile pulls through it."""
 
@@ -158,13 +66,6 @@ class _HashingReader:
     def drain(self) -> None:
         while self.read(_READ_CHUNK):
             pass
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's key/extension split: the key ends at the first dot of the file's base name."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
 
 
 class Reservoir:
@@ -256,7 +157,7 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
                 for member in archive:
                     if not member.isfile():
                         continue
-                    key, ext = _split_name(member.name)
+                    key, ext = split_key(member.name)
                     if pending and pending.get("key") != key:
                         flush()
                     pending["key"] = key

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from dfgen.dataset import DatasetInfo
 from dfgen.errors import DfgenError
-from dfgen.report.data import DatasetInfo
 from dfgen.teachers import Teacher, load_recorded_teacher, load_teacher
 
 
@@ -43,7 +43,7 @@ def resolve_teacher(
     cache: TeacherCache,
 ) -> tuple[Teacher | None, dict[str, Any], list[str]]:
     """The teacher to re-run on a dataset, its description for report.json, and warnings."""
-    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else None
+    recorded = info.teacher
     warnings: list[str] = []
     if isinstance(teacher, Teacher):
         model = teacher
@@ -73,7 +73,7 @@ def resolve_teacher(
 
 def data_config(info: DatasetInfo, teacher: Teacher) -> tuple[list[float], list[float]]:
     """Normalization as dataset.json's teacher data config says (the teacher's own when absent)."""
-    recorded = info.meta.get("teacher") if isinstance(info.meta.get("teacher"), dict) else {}
+    recorded = info.teacher or {}
     config = (recorded or {}).get("data_config") or {}
     if recorded and recorded.get("source") == teacher.source and config.get("mean") and config.get("std"):
         return [float(v) for v in config["mean"]], [float(v) for v in config["std"]]

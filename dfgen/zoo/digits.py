@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfgen.dataset import sha256_file
 from dfgen.errors import DfgenError
 
 DIGITS_RESOLUTION = 32
@@ -334,14 +335,6 @@ def state_dict_bytes(model: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getvalue()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
