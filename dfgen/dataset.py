@@ -215,21 +215,27 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     return info
 
 
-def _check_shard_files(info: DatasetInfo) -> None:
-    """Every shard present, of the size the index gives, and a tar; one error listing the first few damaged."""
+def damaged_shards(tars: list[Path], sizes: list[int | None]) -> str | None:
+    """Which tar files are missing, not of their expected size (None: any size) or not tar files: one line naming the
+    first few ("N of M shard(s) ... are damaged: NAME (missing), ..."), None when all are sound."""
     problems = []
-    for shard in info.shards:
-        if not shard.path.is_file():
-            problems.append(f"{shard.path.name} (missing)")
-        elif shard.bytes is not None and shard.path.stat().st_size != shard.bytes:
-            problems.append(f"{shard.path.name} (truncated or changed: {shard.path.stat().st_size} of {shard.bytes} "
-                            "bytes)")
-        elif not tarfile.is_tarfile(shard.path):
-            problems.append(f"{shard.path.name} (not a tar file)")
-    if problems:
-        listed = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        raise DfgenError(f"{len(problems)} of {len(info.shards)} shard(s) of {info.path} are damaged: {listed}; rerun "
-                         "the dfgen command that made the dataset to remake them")
+    for tar, size in zip(tars, sizes, strict=True):
+        if not tar.is_file():
+            problems.append(f"{tar.name} (missing)")
+        elif size is not None and tar.stat().st_size != size:
+            problems.append(f"{tar.name} (truncated or changed: {tar.stat().st_size} of {size} bytes)")
+        elif not tarfile.is_tarfile(tar):
+            problems.append(f"{tar.name} (not a tar file)")
+    if not problems:
+        return None
+    listed = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+    return f"{len(problems)} of {len(tars)} shard(s) are damaged: {listed}"
+
+
+def _check_shard_files(info: DatasetInfo) -> None:
+    damage = damaged_shards([s.path for s in info.shards], [s.bytes for s in info.shards])
+    if damage:
+        raise DfgenError(f"{info.path}: {damage}; rerun the dfgen command that made the dataset to remake them")
 
 
 def read_sidecars(info: DatasetInfo) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from dfgen.dataset import DATASET_FILE, IMAGE_EXTS, INDEX_FILE, DatasetInfo, open_dataset
+from dfgen.dataset import DATASET_FILE, IMAGE_EXTS, INDEX_FILE, DatasetInfo, damaged_shards, open_dataset
 from dfgen.errors import DfgenError
 from distill.errors import DistillError
 
@@ -131,20 +131,6 @@ def open_training_sets(paths: list[str], num_classes: int | None = None, image_k
     return infos
 
 
-def _check_tars(tars: list[str], where: str) -> None:
-    problems = []
-    for tar in tars:
-        shard = Path(tar)
-        if not shard.is_file():
-            problems.append(f"{shard.name} (missing)")
-        elif not tarfile.is_tarfile(shard):
-            problems.append(f"{shard.name} (not a tar file)")
-    if problems:
-        listed = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        raise DistillError(f"{len(problems)} of {len(tars)} shard(s) of {where} are damaged: {listed}; check the "
-                           "shard pattern")
-
-
 def _open_dfgen(path: Path) -> Source:
     try:
         dataset = open_dataset(path)
@@ -175,7 +161,9 @@ def _open_webdataset(spec: str, urls: list[str], num_classes: int | None, image_
     if any("://" in u or u.startswith("pipe:") for u in urls):
         raise DistillError(f"{spec}: distill reads local (or mounted) .tar shards only, not remote urls")
     urls = [str(Path(u).resolve()) for u in urls]
-    _check_tars(urls, spec)
+    damage = damaged_shards([Path(u) for u in urls], [None] * len(urls))
+    if damage:
+        raise DistillError(f"{spec}: {damage}; {hint}")
     if not num_classes:
         raise DistillError(f"{spec}: plain WebDataset shards carry no class count; pass --num-classes")
     with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:  # header scans are I/O bound

@@ -87,8 +87,8 @@ def test_missing_truncated_and_foreign_shards_are_listed_in_one_line(written):
     size = tar.stat().st_size
     tar.write_bytes(tar.read_bytes()[:1024])
     message = _error(open_dataset, root)
-    assert f"1 of 3 shard(s) of {root} are damaged: shard-000001.tar (truncated or changed: 1024 of {size} bytes)" \
-        in message
+    assert message == (f"{root}: 1 of 3 shard(s) are damaged: shard-000001.tar (truncated or changed: 1024 of {size} "
+                       "bytes); rerun the dfgen command that made the dataset to remake them")
     tar.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     assert "shard-000001.tar (not a tar file)" in _error(open_dataset, root)
     tar.unlink()
