@@ -201,12 +201,16 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     for entry in shardlist:
         if not isinstance(entry, dict) or not entry.get("url"):
             raise DfgenError(f"{root / INDEX_FILE} has an entry without 'url'; {rebuild}")
-        shards.append(ShardInfo(
-            path=root / str(entry["url"]),
-            count=int(entry["nsamples"]) if "nsamples" in entry else None,
-            bytes=int(entry["filesize"]) if "filesize" in entry else None,
-            sha256=str(entry["sha256"]) if "sha256" in entry else None,
-        ))
+        try:
+            shards.append(ShardInfo(
+                path=root / str(entry["url"]),
+                count=int(entry["nsamples"]) if "nsamples" in entry else None,
+                bytes=int(entry["filesize"]) if "filesize" in entry else None,
+                sha256=str(entry["sha256"]) if "sha256" in entry else None,
+            ))
+        except (TypeError, ValueError):
+            raise DfgenError(f"{root / INDEX_FILE}: the entry of {entry['url']} has a count or size that is not a "
+                             f"number; {rebuild}") from None
     info = DatasetInfo(root, root.resolve().name, description, shards)
     if info.n == 0:
         raise DfgenError(f"dataset {root} is empty (no shards or no images in {INDEX_FILE}); {rebuild} or rerun the "
@@ -217,7 +221,7 @@ def open_dataset(path: str | Path) -> DatasetInfo:
 
 def damaged_shards(tars: list[Path], sizes: list[int | None]) -> str | None:
     """Which tar files are missing, not of their expected size (None: any size) or not tar files: one line naming the
-    first few ("N of M shard(s) ... are damaged: NAME (missing), ..."), None when all are sound."""
+    first few ("N of M shard(s) are damaged: NAME (missing), ..."), None when all are sound."""
     problems = []
     for tar, size in zip(tars, sizes, strict=True):
         if not tar.is_file():

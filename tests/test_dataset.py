@@ -122,6 +122,8 @@ def test_dataset_and_index_files_are_checked(written, tmp_path):
     index = json.loads((root / INDEX_FILE).read_text())
     (root / INDEX_FILE).write_text(json.dumps({**index, "shardlist": [{"nsamples": 8}]}))
     assert "has an entry without 'url'" in _error(open_dataset, root)
+    (root / INDEX_FILE).write_text(json.dumps({**index, "shardlist": [{"url": "shards/x.tar", "nsamples": "many"}]}))
+    assert "the entry of shards/x.tar has a count or size that is not a number" in _error(open_dataset, root)
     (root / INDEX_FILE).write_text(json.dumps({**index, "shardlist": []}))
     assert f"dataset {root} is empty" in _error(open_dataset, root)
     (root / INDEX_FILE).write_text("{not json")
