@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from dfgen.dataset import shard_paths
 from dfgen.errors import DfgenError
 from dfgen.outdir import completion_note
 from dfgen.plan import LabelPlan
 from dfgen.runtime import launcher_world, world_from_env
-from dfgen.shards import shard_paths
 
 FIXED = ["--teacher", "digits", "--schedule", "8:2,16:2", "--classes-per-batch", "5", "--images-per-class", "2",
          "--shard-size", "10", "--warmup", "1", "--flip", "off", "--ep-reach", "0.3", "--margin", "0.5", "--quiet"]
