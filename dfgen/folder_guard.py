@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dfgen.atomic import TMP_MARK, write_json_atomic
+from dfgen.dataset import CONFIG_FILE, DATASET_FILE, SHARDS_DIR
 from dfgen.errors import DfgenError
 
 MARKER = "made_by.json"
@@ -98,19 +99,19 @@ def inspect_folder(path: Path) -> Found:
 
 def _infer_maker(path: Path, entries: set[str]) -> dict[str, Any] | None:
     """The maker of a folder written before made_by.json existed, from the files each command writes."""
-    if "config.json" in entries:
-        config = _read_json(path / "config.json")
+    if CONFIG_FILE in entries:
+        config = _read_json(path / CONFIG_FILE)
         if isinstance(config, dict) and "content" in config and "dataset" in config:
             return {"tool": "dfgen", "command": "synthesize", "kind": "synthetic", "config": {}}
         if isinstance(config, dict) and "epochs" in config and "model" in config:
             return {"tool": "distill", "command": "run", "kind": "run", "config": {}}
-        if config is _UNREADABLE and "shards" in entries:  # a dataset's config.json, damaged
+        if config is _UNREADABLE and SHARDS_DIR in entries:  # a dataset's config.json, damaged
             return {"tool": "dfgen", "command": "synthesize", "kind": "synthetic", "config": {}, "damaged": True}
         return None
     if entries & {"last.pt", "best.pt", "metrics.jsonl"}:
         return {"tool": "distill", "command": "run", "kind": "run", "config": {}}
-    if "dataset.json" in entries:
-        description = _read_json(path / "dataset.json")
+    if DATASET_FILE in entries:
+        description = _read_json(path / DATASET_FILE)
         kind = description.get("kind") if isinstance(description, dict) else None
         if kind == "real":
             return {"tool": "dfgen", "command": "export", "kind": "real", "config": {}}

@@ -16,7 +16,7 @@ import numpy as np
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
 from dfgen.config import config_fingerprint, format_schedule
-from dfgen.dataset import CONFIG_FILE, DATASET_FILE, INDEX_FILE, build_index, read_sidecar, shard_paths
+from dfgen.dataset import CONFIG_FILE, DATASET_FILE, INDEX_FILE, SHARDS_DIR, build_index, read_sidecar, shard_paths
 from dfgen.errors import DfgenError
 from dfgen.folder_guard import (
     FolderLock,
@@ -74,15 +74,15 @@ def _claim(run: RunPlan, content: dict[str, Any]) -> None:
         if not run.config.overwrite:
             raise
         existing = {}  # damaged: replaced, as asked
-    if existing is None and (out / "shards").is_dir():  # config.json comes first: another rank may have just claimed
+    if existing is None and (out / SHARDS_DIR).is_dir():  # config.json comes first: another rank may have just claimed
         existing = read_claim(out)
     if existing is not None and existing.get("content") == content:
-        (out / "shards").mkdir(parents=True, exist_ok=True)
+        (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         return
-    if existing is None and (out / "shards").is_dir() and not run.config.overwrite:
+    if existing is None and (out / SHARDS_DIR).is_dir() and not run.config.overwrite:
         raise DfgenError(f"{out} holds shards but no {CONFIG_FILE}, so what they were made with is unknown; pass "
                          "--overwrite to replace them, or choose another --out")
-    if existing is not None or (out / "shards").is_dir():
+    if existing is not None or (out / SHARDS_DIR).is_dir():
         if existing is not None and not run.config.overwrite:
             raise DfgenError(_mismatch(out, existing, content, run.requested_content()))
         if run.world_size > 1:
@@ -96,7 +96,7 @@ def _claim(run: RunPlan, content: dict[str, Any]) -> None:
         existing = read_claim(out)
         if existing is None or existing.get("content") != content:
             raise DfgenError(_mismatch(out, existing or {}, content, run.requested_content())) from None
-    (out / "shards").mkdir(exist_ok=True)
+    (out / SHARDS_DIR).mkdir(exist_ok=True)
 
 
 def remove_dataset_files(out: Path) -> None:
@@ -105,7 +105,7 @@ def remove_dataset_files(out: Path) -> None:
     for path in owned_files(out / "shards", SHARD_PREFIX):
         path.unlink(missing_ok=True)
     try:
-        (out / "shards").rmdir()
+        (out / SHARDS_DIR).rmdir()
     except OSError:  # absent, or holding files synthesize did not write
         pass
     for name in DATASET_FILES:

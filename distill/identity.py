@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
-from dfgen.dataset import INDEX_FILE
 from distill.sources import Source
 
 DATA_FIELDS = ("shards", "val", "val_labels")  # settings that name data by path, compared by identity instead
@@ -24,10 +22,9 @@ def source_identity(info: Source) -> str:
     """A hash of what `info` holds (see the module's description)."""
     content: dict[str, Any] = {"kind": info.kind, "n": info.n, "num_classes": info.num_classes,
                                "classes": info.classes}
-    if info.kind == "shards":
-        entries = _index_entries(info.path)
-        content["shards"] = [entries.get(os.path.relpath(url, info.path), [os.path.basename(url), n])
-                             for url, n in zip(info.urls, info.nsamples, strict=True)]
+    if info.kind == "shards" and info.dataset is not None:  # a dfgen dataset: its index's hashes
+        content["shards"] = [[os.path.relpath(s.path, info.dataset.path), s.count, s.sha256 or s.bytes]
+                             for s in info.dataset.shards]
     elif info.files:
         content["files"] = info.files
         content["labels"] = info.labels
@@ -40,20 +37,6 @@ def source_identity(info: Source) -> str:
 def run_data_identity(infos: list[Source], val: Source | None) -> dict[str, Any]:
     """The identity of a run's training sources (in order) and its validation data, as a checkpoint stores it."""
     return {"shards": [source_identity(i) for i in infos], "val": source_identity(val) if val else None}
-
-
-def _index_entries(path: Path) -> dict[str, list[Any]]:
-    """index.json's shard entries by relative url: [url, nsamples, sha256 (or size)]."""
-    try:
-        shardlist = json.loads((path / INDEX_FILE).read_text()).get("shardlist", [])
-    except (OSError, ValueError, AttributeError):
-        return {}
-    entries = {}
-    for entry in shardlist:
-        if isinstance(entry, dict) and entry.get("url"):
-            url = os.path.normpath(str(entry["url"]))
-            entries[url] = [url, entry.get("nsamples"), entry.get("sha256") or entry.get("filesize")]
-    return entries
 
 
 def _size(url: str) -> int | None:
