@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from dfgen.amortized_settings import MODES, AmortizedSettings
 from dfgen.errors import DfgenError
 from dfgen.loss_weights import AUTO, COMPETITION, LossWeights, losses_content, synthesis_losses
 
@@ -258,6 +259,10 @@ class SynthesisConfig:
     losses: LossWeights = field(default_factory=lambda: synthesis_losses())
     no_diversity: bool = False
     precision: str = "auto"
+    # pixels: each batch's pixels optimised through the schedule; generator: a meta-learned generator adapted a few
+    # steps per batch (dfgen.amortized), with its settings
+    mode: str = "pixels"
+    generator: AmortizedSettings = field(default_factory=AmortizedSettings)
     # How it runs; not part of the content.
     device: str = "auto"
     log_every: int = 50
@@ -292,6 +297,10 @@ class SynthesisConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise DfgenError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self.flip = parse_flip(self.flip)
+        if self.mode not in MODES:
+            raise DfgenError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if isinstance(self.generator, dict):
+            self.generator = AmortizedSettings(**self.generator)
         if self.competitor is not None and self.competitor_weights is None:
             raise DfgenError("--competitor needs --competitor-weights: the student trained on the first round")
         if self.competitor is not None and self.losses.competition is None:
@@ -346,6 +355,9 @@ class SynthesisConfig:
         if not self.soft_views:  # no views, no entries: directories made before the option keep their fingerprint
             data.pop("soft_views")
             data.pop("soft_view_min_scale")
+        if self.mode == "pixels":  # the mode's settings only where they matter: earlier directories keep theirs
+            data.pop("mode")
+            data.pop("generator")
         if data["schedule"] is not None:
             data["schedule"] = format_schedule(data["schedule"])
         if self.format == "png":
@@ -521,12 +533,15 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
             if overrides.get(key) is None:
                 data.pop(key, None)
     losses = dict(data.pop("losses", {}) or {})
+    generator = dict(data.pop("generator", {}) or {})
     loss_names = {f.name for f in dataclasses.fields(LossWeights)}
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in loss_names:
+        if key.startswith("gen_"):  # the generator mode's settings (AmortizedSettings), flat as on the CLI
+            generator[key.removeprefix("gen_")] = value
+        elif key in loss_names:
             losses[key] = value
         else:
             data[key] = value
-    return SynthesisConfig(**data, losses=synthesis_losses(**losses))
+    return SynthesisConfig(**data, losses=synthesis_losses(**losses), generator=AmortizedSettings(**generator))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dfgen import losses as L
 from dfgen.config import JITTER_FRACTION, LR, UPSAMPLE, WARMUP, LossWeights
+from dfgen.cost import watch_teacher
 from dfgen.errors import SynthesisError
 from dfgen.jitter import draw_stage_jitter
 from dfgen.resolutions import describe_failure
@@ -73,6 +74,7 @@ class TeacherProbe(nn.Module):
         self.recording = False
         self._handles = [m.register_forward_hook(self._bn_hook) for m in self.bn_layers]
         self._handles.append(classifier_of(model).register_forward_pre_hook(self._embedding_hook))
+        self._handles.append(watch_teacher(model))  # every image through the teacher is counted (dfgen.cost)
 
     def _bn_hook(self, module: nn.BatchNorm2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if self.recording:

@@ -16,6 +16,7 @@ import numpy as np
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
 from dfgen.config import config_fingerprint, format_schedule
+from dfgen.cost import dataset_cost
 from dfgen.dataset import CONFIG_FILE, DATASET_FILE, INDEX_FILE, SHARDS_DIR, build_index, read_sidecar, shard_paths
 from dfgen.errors import DfgenError
 from dfgen.folder_guard import (
@@ -206,6 +207,7 @@ def finalize(out: Path) -> bool:
             "bytes": int(sum(s["bytes"] for s in sidecars)),
         },
     }
+    description["cost"] = dataset_cost(out, sidecars, plan.n)  # teacher passes, generator FLOPs, time (dfgen.cost)
     write_json_atomic(out / INDEX_FILE, build_index(sidecars, name=out.name))
     write_json_atomic(out / DATASET_FILE, description)
     return True

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dfgen import amortized
 from dfgen.atomic import set_process_rank
 from dfgen.config import SynthesisConfig
+from dfgen.cost import counting, record_startup
 from dfgen.inversion import InversionEngine
 from dfgen.outdir import check_out_dir, claim_out_dir, completion_note, finalize, recorded_derivation
 from dfgen.runplan import RunPlan, decide, engine_for, explain_out_of_memory, prepare
@@ -114,15 +116,19 @@ def synthesize(
     request = prepare(config, teacher)
     set_process_rank(request.rank)
     check_out_dir(request)  # before the probe: a folder of other data is refused at once
-    run = decide(request, recorded_derivation(request.out))
+    with counting() as startup:  # the start-up's teacher passes (noise levels, probe) count too (dfgen.cost)
+        run = decide(request, recorded_derivation(request.out))
     with claim_out_dir(run):  # held until the end (one lock per rank)
+        record_startup(run.out, startup)
         return _make_shards(run, start)
 
 
 def _make_shards(run: RunPlan, start: float) -> SynthesisResult:
     """Make this process's missing shards in the claimed folder, then finish the dataset if it is complete."""
     config, out = run.config, run.out
-    mine = run.my_shards()
+    generator_mode = config.mode == "generator"
+    mine = amortized.shards_for_rank(run.plan, config.generator.chains, run.rank, run.world_size) \
+        if generator_mode else run.my_shards()
     remove_temporaries(out, mine)
     todo, skipped = [], []
     for shard in mine:
@@ -135,15 +141,27 @@ def _make_shards(run: RunPlan, start: float) -> SynthesisResult:
             _log(f"{prefix}resuming: {len(skipped)} shard(s) already done, {len(todo)} to make")
         total = sum(len(run.plan.shard_range(k)) for k in todo)
         progress = tqdm(total=total, unit="img", desc=f"{prefix}synthesize", disable=config.quiet, dynamic_ncols=True)
+        shown = None if config.quiet else progress
+
+        def make_shard(engine, shard: int, before_write=None) -> None:
+            with counting() as cost:
+                samples, stats = _shard_samples(run, engine, shard, shown)
+            stats["seconds"] = round(cost.seconds, 3)
+            stats["cost"] = cost.record(len(samples))
+            if before_write is not None:
+                before_write()
+            sidecar = write_shard(out, shard, samples, config.format, stats)
+            if config.quiet:
+                _log(f"{prefix}shard {shard} done: {sidecar['count']} images, "
+                     f"agreement {stats['loss']['agreement']:.3f}, {stats['seconds']:.1f}s")
+
         with explain_out_of_memory(run), engine_for(run) as engine, progress:
-            for shard in todo:
-                shard_start = time.perf_counter()
-                samples, stats = _shard_samples(run, engine, shard, None if config.quiet else progress)
-                stats["seconds"] = round(time.perf_counter() - shard_start, 3)
-                sidecar = write_shard(out, shard, samples, config.format, stats)
-                if config.quiet:
-                    _log(f"{prefix}shard {shard} done: {sidecar['count']} images, "
-                         f"agreement {stats['loss']['agreement']:.3f}, {stats['seconds']:.1f}s")
+            if generator_mode:
+                amortized.make_run_chains(run, engine, make_shard,
+                                          lambda runner, k: _shard_samples(run, runner, k, None))
+            else:
+                for shard in todo:
+                    make_shard(engine, shard)
     complete = finalize(out)
     if complete and todo:
         _log(f"{prefix}dataset complete: {run.plan.n} images in {run.plan.num_shards} shard(s) at {out}")

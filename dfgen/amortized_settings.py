@@ -1,0 +1,37 @@
+"""Settings of the amortized synthesis mode (`--mode generator`, dfgen.amortized): a small image generator whose
+starting weights are meta-learned along fixed chains of shards. Part of the configuration's content only in that
+mode, so pixel-mode directories keep their fingerprint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfgen.errors import DfgenError
+
+MODES = ("pixels", "generator")
+
+
+@dataclass
+class AmortizedSettings:
+    steps: int = 10  # adaptation steps per batch: teacher passes per image, warm-up aside
+    width: int = 8  # channels of the generator's last hidden map (dfgen.generator)
+    latent: int = 32  # latent size
+    lr: float = 0.01  # Adam's learning rate of the adaptation steps (betas 0.5, 0.999; fresh per batch)
+    latent_lr: float = 0.0  # the latents are optimised too at this rate (0: fixed)
+    meta_step: float = 0.5  # Reptile: meta += meta_step * (adapted - meta) after each batch
+    warmup_steps: int = 100  # adaptation steps of a chain's first batch, which the meta-weights then take whole
+    chains: int = 1  # independent chains: shard k belongs to chain k % chains; rank r of W makes chains c % W == r
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "width", "latent", "chains"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DfgenError(f"--gen-{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise DfgenError(f"--gen-warmup-steps must be a whole number >= 0, got {self.warmup_steps!r}")
+        if not self.lr > 0:
+            raise DfgenError(f"--gen-lr must be positive, got {self.lr}")
+        if self.latent_lr < 0:
+            raise DfgenError(f"--gen-latent-lr must be >= 0, got {self.latent_lr}")
+        if not 0 < self.meta_step <= 1:
+            raise DfgenError(f"--gen-meta-step must be in (0, 1], got {self.meta_step}")
