@@ -130,6 +130,24 @@ def cli() -> None:
               "its own logits); 0: none [0].")
 @click.option("--soft-view-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Smallest area fraction "
               "of a stored view's crop [0.25].")
+@click.option("--mode", type=click.Choice(["pixels", "generator"]), help="pixels: optimise each batch's pixels "
+              "through the schedule (DeepInversion); generator: a small image generator whose starting weights are "
+              "meta-learned as synthesis goes takes --gen-steps steps per batch on the same losses [pixels].")
+@click.option("--gen-steps", type=click.IntRange(min=1), help="Generator mode: adaptation steps (teacher passes) "
+              "per batch [10].")
+@click.option("--gen-width", type=click.IntRange(min=1), help="Generator mode: channels of the generator's last "
+              "hidden map; its cost grows with the square [8].")
+@click.option("--gen-latent", type=click.IntRange(min=1), help="Generator mode: latent size [32].")
+@click.option("--gen-lr", type=click.FloatRange(min=0, min_open=True), help="Generator mode: Adam learning rate "
+              "of the adaptation steps [0.01].")
+@click.option("--gen-latent-lr", type=click.FloatRange(min=0), help="Generator mode: learning rate of the latents "
+              "(0: fixed) [0].")
+@click.option("--gen-meta-step", type=click.FloatRange(0, 1, min_open=True), help="Generator mode: Reptile step "
+              "toward each batch's adapted weights [0.5].")
+@click.option("--gen-warmup-steps", type=click.IntRange(min=0), help="Generator mode: adaptation steps of each "
+              "chain's first batch [100].")
+@click.option("--gen-chains", type=click.IntRange(min=1), help="Generator mode: independent chains of shards (shard "
+              "k in chain k %% chains); at most this many processes share the work [1].")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an output directory made differently.")
 @click.option("--rank", type=click.IntRange(min=0), help="This process's rank [torchrun's, SLURM's or MPI's].")
 @click.option("--world-size", type=click.IntRange(min=1), help="Number of processes; without --rank the rank comes "

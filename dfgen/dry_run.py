@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dfgen.config import SynthesisConfig, format_schedule
+from dfgen.cost_plan import describe_cost
 from dfgen.plan import LabelPlan
 from dfgen.probe import needs_probe, probe_labels, probe_schedule
 from dfgen.runplan import RunPlan, engine_for, explain_out_of_memory, set_up
@@ -212,6 +213,7 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
     ]
     if probe_note:
         lines.append(probe_note)
+    lines.append(describe_cost(run))  # teacher passes per image, generator FLOPs (dfgen.cost_plan)
     for rank in range(run.world_size):
         shards = plan.shards_for_rank(rank, run.world_size)
         images = rank_batches(plan, rank, run.world_size)[0]
@@ -227,6 +229,8 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
         f"batches at ~{estimate.seconds_per_batch:.3g} s{probe}), {estimate.images_per_second:.3g} images/s per "
         "process",
         f"basis        {describe_basis(estimate.calibration, config.teacher_weights is None)}",
+        *(["note         the time is calibrated on the pixel schedule; --mode generator is not timed yet: its teacher "
+           "passes (the cost line) are what shrink"] if config.mode == "generator" else []),
         f"output       {run.out}",
     ]
     return "\n".join(lines)

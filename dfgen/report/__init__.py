@@ -331,6 +331,7 @@ def make_report(
             "derived": meta.get("derived"),
             "seed": meta.get("seed"),
             "schedule": meta.get("schedule"),
+            "synthesis_cost": meta.get("cost"),  # teacher passes, generator FLOPs, wall time (dfgen.cost)
             "n": scan.images_scanned,
             "num_classes": info.num_classes,
             "classes": info.class_names,

@@ -174,8 +174,17 @@ SUMMARY_ROWS: list[tuple[str, Any]] = [
     ("feature diversity in the judge's embedding", lambda d: (d.get("judge") or {}).get("feature_diversity")),
     ("flips (decided from the teacher)", lambda d: _derived_flip(d.get("derived"))),
     ("reach / margin", lambda d: _derived_pair(d.get("derived"))),
+    ("synthesis: teacher passes / image", lambda d: _cost(d, "teacher_passes")),
+    ("synthesis: teacher forwards / image", lambda d: _cost(d, "teacher_forwards")),
+    ("synthesis: generator FLOPs / image", lambda d: _cost(d, "generator_flops")),
+    ("synthesis: seconds / image", lambda d: _cost(d, "seconds")),
     ("seconds", lambda d: d["timings"]["total_s"]),
 ]
+
+
+def _cost(entry: dict[str, Any], key: str) -> Any:
+    """A per-image synthesis cost that `dfgen synthesize` recorded in dataset.json (None for older datasets)."""
+    return ((entry.get("synthesis_cost") or {}).get("per_image") or {}).get(key)
 
 
 def write_html(report: dict[str, Any], out: Path, plots: dict[str, Path], grids: dict[str, dict[str, Path]]) -> Path:
