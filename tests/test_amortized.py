@@ -19,10 +19,12 @@ from dfgen.amortized import AmortizedEngine, ChainRunner, checkpoint_path, shard
 from dfgen.amortized_settings import AmortizedSettings
 from dfgen.config import SynthesisConfig, config_fingerprint
 from dfgen.cost import Cost, counting
+from dfgen.cost_plan import planned_cost
 from dfgen.errors import DfgenError
 from dfgen.inversion import EngineSettings, InversionEngine
 from dfgen.loss_weights import synthesis_losses
 from dfgen.plan import LabelPlan
+from dfgen.runplan import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny: batches of 2 classes x 2 images, shards of 4 images; flips and the diversity distances given, so no start-up
@@ -94,6 +96,9 @@ def test_generator_mode_is_deterministic_and_records_its_cost(tmp_path):
     assert cost["per_image"]["teacher_passes"] == 3.0 and cost["generator_flops"] > 0 and cost["seconds"] > 0
     sidecar = json.loads((tmp_path / "a" / "shards" / "shard-000001.json").read_text())
     assert sidecar["cost"]["teacher_passes"] == 12 and sidecar["cost"]["per_image"]["teacher_passes"] == 3.0
+    planned = planned_cost(prepare(SynthesisConfig(n=8, out=str(tmp_path / "c"), **TINY), log=False))  # --dry-run's
+    assert planned["teacher_passes"] == 3.0 and planned["teacher_forwards"] == (8 + 16) / 8
+    assert planned["generator_flops"] == pytest.approx(cost["per_image"]["generator_flops"], abs=0.1)
 
 
 def test_world_size_does_not_change_the_images(tmp_path):
