@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          SETTINGS[DATASET]["teacher"], DATASET, epochs, args.out / "teachers", limit)
         real = cached(results / ("real.json" if not limit else f"real-first{limit}.json"), export_job, DATASET,
                       args.out / ("real" if not limit else f"real-first{limit}"), limit)
-        for name in args.points:  # syntheses first, side by side: their wall times compare
+        for name in args.points:  # syntheses first, side by side in the same run: their wall times compare
             jobs.submit(f"syn_{name}", cached, work / "results" / f"syn_{name}.json", synthesize_job, work / name,
                         teacher, n, point_overrides(name))
-        for name in args.points:
+        for name in sorted(args.points, key=lambda p: p.startswith("pixels")):  # the slow pixel set's student last
             path = jobs.result(f"syn_{name}")["path"]
             jobs.submit(f"kd_{name}", cached, work / "results" / f"kd_{name}-{kd_steps}.json", kd_job, teacher, path,
                         real["test"], kd_steps)
