@@ -14,7 +14,7 @@ side in one-thread processes in one run, so their wall times compare as ratios o
 Points are named: `pixels` (the default schedule) or `pixels-itN` (N iterations per stage of the three-stage schedule);
 `gen-kK-wW` (generator mode, K adaptation steps per batch, width W) with optional suffixes `-lrX` (adaptation
 learning rate), `-mX` (Reptile meta step), `-zX` (latent learning rate), `-wuN` (warm-up steps of a chain's first
-batch), `-cN` (chains).
+batch), `-cN` (chains), `-bnX` (the BN statistics weight).
 
 Writes budget.png (accuracy against teacher passes per image) and prints one JSON line last, with its wall time.
 Every phase is cached under --out (results/*.json), so an interrupted run continues where it stopped."""
@@ -46,7 +46,7 @@ SIZES = {  # synthetic images per point, LeNet-5-half's KD steps (published.py's
     "full": {"n": 24000, "kd_steps": 12000},
 }
 _GENERATOR_KEYS = {"lr": ("gen_lr", float), "m": ("gen_meta_step", float), "z": ("gen_latent_lr", float),
-                   "wu": ("gen_warmup_steps", int), "c": ("gen_chains", int)}
+                   "wu": ("gen_warmup_steps", int), "c": ("gen_chains", int), "bn": ("bn", float)}
 
 
 def point_overrides(name: str) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def point_overrides(name: str) -> dict[str, Any]:
         return {"schedule": f"7:{iterations},14:{iterations},28:{iterations}"}
     match = re.fullmatch(r"gen-k(\d+)-w(\d+)((?:-[a-z]+[0-9.e-]+?)*)", name)
     if not match:
-        raise ValueError(f"unknown point {name!r}: pixels, pixels-itN or gen-kK-wW[-lrX][-mX][-zX][-wuN][-cN]")
+        raise ValueError(f"unknown point {name!r}: pixels, pixels-itN or gen-kK-wW[-lrX][-mX][-zX][-wuN][-cN][-bnX]")
     overrides: dict[str, Any] = {"mode": "generator", "gen_steps": int(match.group(1)),
                                  "gen_width": int(match.group(2))}
     for key, value in re.findall(r"-([a-z]+)([0-9.e]+(?:-[0-9]+)?)", match.group(3)):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dfgen.amortized_settings import MODES, AmortizedSettings
+from dfgen.amortized_settings import GENERATOR_BN, MODES, AmortizedSettings
 from dfgen.errors import DfgenError
 from dfgen.loss_weights import AUTO, COMPETITION, LossWeights, losses_content, synthesis_losses
 
@@ -544,4 +544,6 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
             losses[key] = value
         else:
             data[key] = value
+    if data.get("mode") == "generator" and "bn" not in losses and losses.get("form", "normalized") == "normalized":
+        losses["bn"] = GENERATOR_BN  # the generator's own balance of BN statistics against the class (design.md)
     return SynthesisConfig(**data, losses=synthesis_losses(**losses), generator=AmortizedSettings(**generator))

@@ -171,3 +171,11 @@ def test_cost_record_per_image():
     assert record["per_image"] == {"teacher_passes": 10.0, "teacher_forwards": 4.0, "generator_flops": 300.0,
                                    "seconds": 0.5}
     assert Cost.from_record(record) == cost
+
+
+def test_generator_mode_has_its_own_bn_weight_unless_given():
+    from dfgen.config import build_config
+
+    assert build_config(None, mode="generator").losses.bn == 10.0
+    assert build_config(None, mode="generator", bn=50.0).losses.bn == 50.0
+    assert build_config(None).losses.bn == build_config(None, mode="pixels").losses.bn == 100.0
