@@ -16,7 +16,11 @@ Points are named: `pixels` (the default schedule) or `pixels-itN` (N iterations 
 learning rate), `-mX` (Reptile meta step), `-zX` (latent learning rate), `-wuN` (warm-up steps of a chain's first
 batch), `-cN` (chains), `-bnX` (the BN statistics weight).
 
+Generator points take the generator mode's BN weight (10) unless `-bnX` says otherwise.
+
 Writes budget.png (accuracy against teacher passes per image) and prints one JSON line last, with its wall time.
+--quick on a 2-core machine shared with other jobs (2026-12-06): the pixel set 1,250 s, each student 480-800 s, about
+40 min in all with two jobs side by side; the figures are in docs/design.md.
 Every phase is cached under --out (results/*.json), so an interrupted run continues where it stopped."""
 
 from __future__ import annotations
