@@ -538,7 +538,10 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
     for key, value in overrides.items():
         if value is None:
             continue
-        if key.startswith("gen_"):  # the generator mode's settings (AmortizedSettings), flat as on the CLI
+        if key in ("losses", "generator"):  # whole groups, as SynthesisConfig takes them (dict or dataclass)
+            group = losses if key == "losses" else generator
+            group.update(value if isinstance(value, dict) else dataclasses.asdict(value))
+        elif key.startswith("gen_"):  # the generator mode's settings (AmortizedSettings), flat as on the CLI
             generator[key.removeprefix("gen_")] = value
         elif key in loss_names:
             losses[key] = value

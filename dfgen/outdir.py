@@ -217,7 +217,7 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
     """dataset.json without the figures only known at the end (stats, created)."""
     c, plan, teacher = run.config, run.plan, run.teacher
     resolution = run.teacher.resolution  # images are written at the teacher's input size
-    return {
+    description = {
         "kind": "synthetic",
         "tool": "dfgen",
         "version": __version__,
@@ -249,6 +249,10 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
         "quality": None if c.format == "png" else c.quality,
         "fingerprint": config_fingerprint(run.content()),
     }
+    if c.mode != "pixels":  # only where it matters: pixel-mode descriptions stay as they were
+        description["mode"] = c.mode
+        description["generator"] = dataclasses.asdict(c.generator)
+    return description
 
 
 def missing_shards(out: Path, plan: LabelPlan) -> list[int]:

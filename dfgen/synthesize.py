@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from dfgen import amortized
 from dfgen.atomic import set_process_rank
-from dfgen.config import SynthesisConfig
+from dfgen.config import SynthesisConfig, build_config
 from dfgen.cost import counting, record_startup
 from dfgen.inversion import InversionEngine
 from dfgen.outdir import check_out_dir, claim_out_dir, completion_note, finalize, recorded_derivation
@@ -109,7 +109,7 @@ def synthesize(
     if isinstance(teacher, str):  # synthesize(teacher="digits", ...): a name, not a loaded Teacher
         overrides["teacher"], teacher = teacher, None
     if config is None:
-        config = SynthesisConfig(**overrides)
+        config = build_config(None, **overrides)  # flat loss and --gen-* names, as on the CLI
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     start = time.perf_counter()

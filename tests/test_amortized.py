@@ -90,6 +90,7 @@ def test_generator_mode_is_deterministic_and_records_its_cost(tmp_path):
     assert a.complete and shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
     assert len(shard_bytes(tmp_path / "a")) == 2
     description = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert description["mode"] == "generator" and description["generator"]["chains"] == 2
     cost = description["cost"]
     # two chains of one shard (one batch of 4) each: the warm-up batch's 3 steps; 16 noise images at start-up
     assert (cost["teacher_passes"], cost["teacher_forwards"]) == (2 * 4 * 3, 2 * 4 + 16)

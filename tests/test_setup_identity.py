@@ -55,6 +55,7 @@ DRY_RUN_LINES = [
     "schedule     8:6,16:6 on cpu (fp32)",
     "probe        flips/reach/margin set to auto: decided at start by inverting 20 images for 12 iterations on each "
     "rank",
+    "cost         20 teacher passes and 3.53 forwards per image (pixels; start-up included)",
     "rank 0       1 shard(s), 20 images",
     "rank 1       1 shard(s), 10 images",
     "rank 2       0 shard(s), 0 images",
