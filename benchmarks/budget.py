@@ -1,6 +1,6 @@
 """The budget benchmark: student accuracy against synthesis cost, for the pixel mode and the amortized generator mode.
 
-    python benchmarks/budget.py [--quick | --standard | --full] [--points pixels gen-k10-w8 ...]
+    python -m benchmarks.budget [--quick | --standard | --full] [--points pixels gen-k10-w8 ...]
         [--out bench_out/budget]
 
 On MNIST's LeNet-5-BN teacher (benchmarks/published.py: trained on the real train split, cached by recipe), each
@@ -20,7 +20,7 @@ Generator points take the generator mode's BN weight (10) unless `-bnX` says oth
 
 Writes budget.png (accuracy against teacher passes per image) and prints one JSON line last, with its wall time.
 --quick on a 2-core machine shared with other jobs (2026-12-06): the pixel set 1,250 s, each student 480-800 s, about
-40 min in all with two jobs side by side; the figures are in docs/design.md.
+40 min in all with two jobs side by side; the figures are in docs/results.md ("Synthesis cost").
 Every phase is cached under --out (results/*.json), so an interrupted run continues where it stopped."""
 
 from __future__ import annotations
@@ -28,18 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file: the repository root makes `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.jobs import Jobs  # noqa: E402
-from benchmarks.published import NETS, SETTINGS, cached, export_job, kd_job, train_teacher_job  # noqa: E402
+from benchmarks.jobs import Jobs
+from benchmarks.phases import NETS, cached
+from benchmarks.published import SETTINGS, export_job, kd_job, train_teacher_job
 
 DATASET = "mnist"
 POINTS = ["pixels", "gen-k5-w8", "gen-k10-w8", "gen-k20-w8", "gen-k30-w8", "gen-k10-w4", "gen-k10-w16"]
