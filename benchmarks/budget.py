@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.jobs import Jobs
+from benchmarks.jobs import Jobs, print_result
 from benchmarks.phases import NETS, cached
 from benchmarks.published import SETTINGS, export_job, kd_job, train_teacher_job
 
@@ -190,9 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    result = run(parse_args(argv))
-    print(json.dumps(result))
-    return result
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ name; `jobs=1` runs inline."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -42,3 +43,10 @@ class Jobs:
         if self.pool is not None:
             self.pool.shutdown()
         torch.set_num_threads(self.caller_threads)  # a different count changes CPU summation order downstream
+
+
+def print_result(run: Callable[[Any], dict[str, Any]], args: Any) -> dict[str, Any]:
+    """A benchmark's run, its result printed as the one JSON line it ends with."""
+    result = run(args)
+    print(json.dumps(result))
+    return result

@@ -31,14 +31,13 @@ each phase.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.jobs import Jobs
+from benchmarks.jobs import Jobs, print_result
 from benchmarks.phases import (
     NETS,
     SMALL_SET_DISTILL,
@@ -275,9 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    result = run(parse_args(argv))
-    print(json.dumps(result))
-    return result
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":
