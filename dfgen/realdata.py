@@ -25,13 +25,15 @@ from dfgen.shards import Sample, encode_image, image_key, write_json_atomic, wri
 
 def write_image_stream(
     out: Path,
-    samples: Iterable[tuple[np.ndarray, int]],
+    samples: Iterable[tuple[np.ndarray, int]] | Iterable[tuple[np.ndarray, int, bytes]],
     description: dict[str, Any],
     shard_size: int = 1000,
     fmt: str = "png",
 ) -> Path:
-    """Write (uint8 (C, H, W) array, label) pairs as shards + index.json + dataset.json, one shard at a time. `out`
-    must be empty or a set this function wrote (which it replaces); anything else is refused (dfgen.folder_guard)."""
+    """Write (uint8 (C, H, W) array, label) pairs as shards + index.json + dataset.json, one shard at a time. A
+    third item, the image already encoded in `fmt` (a source's JPEG file), is stored as it is instead of
+    re-encoding the array. `out` must be empty or a set this function wrote (which it replaces); anything else is
+    refused (dfgen.folder_guard)."""
     out = Path(out)
     maker = Maker("dfgen", "export", description.get("kind", "real"),
                   {key: description[key] for key in ("name", "source", "split") if key in description})
@@ -39,24 +41,24 @@ def write_image_stream(
         return _write_image_stream(out, samples, description, shard_size, fmt)
 
 
-def _write_image_stream(out: Path, samples: Iterable[tuple[np.ndarray, int]], description: dict[str, Any],
+def _write_image_stream(out: Path, samples: Iterable[tuple[Any, ...]], description: dict[str, Any],
                         shard_size: int, fmt: str) -> Path:
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    stream: Iterator[tuple[np.ndarray, int]] = iter(samples)
+    stream: Iterator[tuple[Any, ...]] = iter(samples)
     sidecars: list[dict[str, Any]] = []
     counts: dict[int, int] = {}
     shape: tuple[int, ...] | None = None
     n = 0
     while chunk := list(itertools.islice(stream, shard_size)):
-        for i, (pixels, label) in enumerate(chunk, start=n):
+        for i, (pixels, label, *_) in enumerate(chunk, start=n):
             shape = shape or tuple(pixels.shape)
             if pixels.dtype != np.uint8 or tuple(pixels.shape) != shape or len(shape) != 3:
                 raise DfgenError(f"image {i} is {pixels.dtype} {tuple(pixels.shape)}; every image must be uint8 "
                                  f"(C, H, W) of one shape ({shape})")
             counts[int(label)] = counts.get(int(label), 0) + 1
-        encoded = (Sample(key=image_key(i), image=encode_image(pixels, fmt), label=int(label),
-                          meta={"index": i, "label": int(label)})
-                   for i, (pixels, label) in enumerate(chunk, start=n))
+        encoded = (Sample(key=image_key(i), image=given[0] if given else encode_image(pixels, fmt),
+                          label=int(label), meta={"index": i, "label": int(label)})
+                   for i, (pixels, label, *given) in enumerate(chunk, start=n))
         sidecars.append(write_shard(out, len(sidecars), encoded, fmt,
                                     {"first_index": n, "last_index": n + len(chunk) - 1}))
         n += len(chunk)
@@ -165,35 +167,58 @@ def export_real(
     seed: int = 0,
     shard_size: int = 1000,
     fmt: str = "png",
+    source: str | Path | None = None,
 ) -> list[Path]:
-    """Write real MNIST or Fashion-MNIST as OUT/train and OUT/test. `train_fraction` keeps a stratified
+    """Write real MNIST, Fashion-MNIST or CIFAR-10 as OUT/train and OUT/test. `train_fraction` keeps a stratified
     deterministic share of the train split (seeded by `seed`); `limit` keeps the first N images of each split
-    (after the fraction), for toy runs."""
+    (after the fraction), for toy runs. `source`: CIFAR-10's archive or batches folder (dfgen.cifar10); CIFAR-10
+    JPEGs are stored as they are (format jpg), whatever `fmt` says."""
     from dfgen.real_sources import CLASS_NAMES, canonical_name, read_real_splits, source_description
 
-    name = canonical_name(name)
+    cifar = name.strip().lower() in ("cifar10", "cifar-10")
+    name = "cifar10" if cifar else canonical_name(name)
+    if source is not None and not cifar:
+        raise DfgenError(f"--source is for cifar10 only; {name} is found as `dfgen export-real --help` says")
     check_export_root(Path(out))
     if limit is not None and limit < 1:
         raise DfgenError(f"--limit must be a positive number of images, got {limit}")
     if train_fraction is not None and not 0 < train_fraction <= 1:
         raise DfgenError(f"--train-fraction must be in (0, 1], e.g. 0.01 for 1%, got {train_fraction}")
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor, list[bytes] | None]]
+    if cifar:
+        from dfgen import cifar10
+
+        path = cifar10.source_path(source)
+        splits = cifar10.read_cifar10(path)
+        parts = {part: (torch.from_numpy(split.images), torch.from_numpy(split.labels), split.jpegs)
+                 for part, split in splits.items()}
+        origin, classes = cifar10.describe(path), cifar10.CLASSES
+        if splits["train"].jpegs is not None:
+            origin["jpeg_quality"] = {part: split.jpeg_quality for part, split in splits.items()}
+    else:
+        parts = {part: (images, labels, None) for part, (images, labels) in read_real_splits(name).items()}
+        origin, classes = source_description(name), CLASS_NAMES[name]
     written = []
-    for part, (images, labels) in read_real_splits(name).items():
+    for part, (images, labels, encoded) in parts.items():
         indices = torch.arange(len(labels))
         if part == "train" and train_fraction is not None and train_fraction < 1:
             indices = stratified_indices(labels, train_fraction, seed)
         indices = indices[:limit]
         description = {
             "name": name,
-            "source": source_description(name),
+            "source": origin,
             "split": {"part": part, "source_n": len(labels), "train_fraction": train_fraction if part == "train"
                       else None, "fraction_seed": seed if part == "train" and train_fraction else None,
                       "limit": limit},
             "num_classes": 10,
-            "classes": CLASS_NAMES[name],
+            "classes": classes,
         }
-        pairs = ((images[i].numpy(), int(labels[i])) for i in indices.tolist())
-        written.append(write_image_stream(Path(out) / part, pairs, description, shard_size, fmt))
+        if encoded is None:
+            pairs: Iterator[tuple[Any, ...]] = ((images[i].numpy(), int(labels[i])) for i in indices.tolist())
+        else:
+            pairs = ((images[i].numpy(), int(labels[i]), encoded[i]) for i in indices.tolist())
+        written.append(write_image_stream(Path(out) / part, pairs, description, shard_size,
+                                          "jpg" if encoded is not None else fmt))
     return written
 
 
