@@ -105,7 +105,7 @@ def test_archive_limit_keeps_every_class_and_fraction_is_stratified(tmp_path):
     assert json.loads((train / "dataset.json").read_text())["class_counts"][:3] == [2, 2, 2]
 
 
-def test_archive_with_an_unknown_class_or_a_png_is_refused(tmp_path):
+def test_archive_with_an_unknown_class_a_damaged_jpeg_or_a_cut_gzip_is_refused(tmp_path):
     for name, data in (("cifar10/train/unicorn/0000.jpg", jpeg(np.zeros((3, 32, 32), np.uint8))),
                        ("cifar10/train/cat/0000.jpg", b"not a jpeg")):
         path = tmp_path / "bad.tar.gz"
@@ -115,6 +115,10 @@ def test_archive_with_an_unknown_class_or_a_png_is_refused(tmp_path):
             tar.addfile(info, io.BytesIO(data))
         with pytest.raises(DfgenError, match="unknown class folder|not a readable JPEG"):
             read_cifar10(path)
+    write_archive(tmp_path / "c.tar.gz", {"train": 2, "test": 1})
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "c.tar.gz").read_bytes()[:-200])
+    with pytest.raises(DfgenError, match="cannot read .*cut.tar.gz as a tar archive"):
+        read_cifar10(tmp_path / "cut.tar.gz")
 
 
 def test_cli_needs_a_source_and_says_so(tmp_path, monkeypatch, capsys):
