@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from benchmarks.gpu_common import device_facts, emit, interruptible, sync, target_device
-from dfgen.config import build_config, format_schedule, parse_schedule
+from dfgen.config import build_config, format_schedule
 from dfgen.inversion import InversionEngine
+from dfgen.parsing import parse_schedule
 from dfgen.runplan import engine_settings, set_up
 from dfgen.teachers import Teacher, load_teacher
 

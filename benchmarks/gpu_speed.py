@@ -48,8 +48,9 @@ from benchmarks.gpu_common import (
     target_device,
 )
 from benchmarks.synth_speed import naive_loop
-from dfgen.config import LossWeights, build_config, format_schedule, parse_schedule
+from dfgen.config import LossWeights, build_config, format_schedule
 from dfgen.inversion import EngineSettings, InversionEngine
+from dfgen.parsing import parse_schedule
 from dfgen.teachers import Teacher, load_teacher
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "imagenet_regnety16gf.yaml"

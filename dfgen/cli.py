@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from dfgen.config import build_config, load_yaml_config, parse_count, parse_floats, parse_kwargs, parse_schedule
+from dfgen.config import build_config, load_yaml_config
 from dfgen.errors import DfgenError, run_cli
+from dfgen.parsing import parse_count, parse_floats, parse_kwargs, parse_schedule
 
 
 def _parsed_by(parse):

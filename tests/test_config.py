@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dfgen.config import SynthesisConfig, build_config, parse_count, parse_schedule
+from dfgen.config import SynthesisConfig, build_config
 from dfgen.errors import DfgenError
+from dfgen.parsing import parse_count, parse_schedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

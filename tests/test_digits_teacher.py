@@ -12,7 +12,7 @@ from torch import nn
 
 pytest.importorskip("sklearn")
 
-from dfgen.zoo import digits  # noqa: E402
+from dfgen.zoo import digits, digits_training  # noqa: E402
 from dfgen.zoo.digits import (  # noqa: E402
     DIGITS_MEAN,
     DIGITS_STD,
@@ -179,10 +179,10 @@ def test_training_is_deterministic_and_leaves_global_rng(split: digits.DigitsSpl
     )
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = digits.train_digits_teacher(seed=5, epochs=1, split=small)
+    a = digits_training.train_digits_teacher(seed=5, epochs=1, split=small)
     assert torch.equal(torch.get_rng_state(), before)
-    b = digits.train_digits_teacher(seed=5, epochs=1, split=small)
-    c = digits.train_digits_teacher(seed=6, epochs=1, split=small)
+    b = digits_training.train_digits_teacher(seed=5, epochs=1, split=small)
+    c = digits_training.train_digits_teacher(seed=6, epochs=1, split=small)
     assert digits.state_dict_bytes(a) == digits.state_dict_bytes(b)
     assert digits.state_dict_bytes(a) != digits.state_dict_bytes(c)
     assert not a.training

@@ -307,7 +307,7 @@ def test_teacher_spec_is_part_of_the_fingerprint_only_when_set():
 
 
 def test_class_names_files(tmp_path):
-    from dfgen.config import read_class_names
+    from dfgen.parsing import read_class_names
 
     as_json = tmp_path / "names.json"
     as_json.write_text(json.dumps({"1": "b", "0": "a"}))

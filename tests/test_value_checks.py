@@ -9,10 +9,11 @@ import itertools
 import click
 import pytest
 
-from dfgen.config import SynthesisConfig, build_config, parse_kwargs
+from dfgen.config import SynthesisConfig, build_config
 from dfgen.dry_run import rank_batches
 from dfgen.errors import DfgenError, run_cli
 from dfgen.outdir import read_claim
+from dfgen.parsing import parse_kwargs
 from dfgen.plan import LabelPlan
 
 BASE = ["synthesize", "--teacher", "digits", "-n", "10", "--out"]

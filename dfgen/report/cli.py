@@ -39,8 +39,8 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
     """Measure datasets (LPIPS diversity, teacher agreement, feature diversity, shard checks) and write
     OUT/report.json, a self-contained OUT/report.html and the plots. Several datasets are compared side
     by side."""
-    from dfgen.config import parse_floats, parse_kwargs
     from dfgen.folder_guard import Maker, hold_folder
+    from dfgen.parsing import parse_floats, parse_kwargs
     from dfgen.report import make_report
     from dfgen.teachers import load_teacher
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from dfgen.config import parse_floats, parse_kwargs
 from dfgen.errors import DfgenError
+from dfgen.parsing import parse_floats, parse_kwargs
 from dfgen.teachers.builders import build_model
 from dfgen.teachers.data_config import _fit_channels, check_overrides, model_data_config
 from dfgen.teachers.resolve import resolve_name
