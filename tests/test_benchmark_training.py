@@ -17,6 +17,7 @@ from benchmarks.real_training import (
     full_kwargs,
     load_trained,
     random_shift,
+    resolve_factory,
     teacher_record,
     train_teacher,
 )
@@ -214,3 +215,11 @@ def test_recipe_kwargs_include_the_factory_defaults():
     assert full_kwargs(small_nets.resnet18_small, None) == expected
     assert full_kwargs(small_nets.resnet18_small, {"width": 8}) == expected
     assert full_kwargs(lambda depth=2, **options: None, {"scale": 0.5}) == {"depth": 2, "scale": 0.5}
+
+
+def test_a_cached_teachers_recorded_small_nets_file_may_have_moved(tmp_path):
+    gone = tmp_path / "old-checkout" / "benchmarks" / "small_nets.py"
+    factory, name = resolve_factory(f"{gone}:lenet5_bn")
+    assert factory is small_nets.lenet5_bn and name == "lenet5_bn"
+    with pytest.raises(DfgenError, match="not found"):
+        resolve_factory(f"{tmp_path / 'other.py'}:lenet5_bn")  # any other missing file is still an error
