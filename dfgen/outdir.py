@@ -15,7 +15,7 @@ import numpy as np
 
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
-from dfgen.config import config_fingerprint, format_schedule
+from dfgen.config import AUTO, config_fingerprint, format_schedule
 from dfgen.cost import dataset_cost
 from dfgen.dataset import CONFIG_FILE, DATASET_FILE, INDEX_FILE, SHARDS_DIR, build_index, read_sidecar, shard_paths
 from dfgen.errors import DfgenError
@@ -43,8 +43,31 @@ def synthesis_maker(fingerprint: str | None = None) -> Maker:
 
 def check_out_dir(run: RunRequest) -> None:
     """Refuse an --out that holds anything but a synthetic dataset (exported real data, a training run, a report,
-    files of the user's): cheap, so it runs before the start-up probe."""
+    files of the user's), or a synthetic dataset made with another configuration: cheap, so it runs before the
+    start-up probe (whose decisions follow from the configuration, so they cannot make a differing one match)."""
     check_ownership(run.out, synthesis_maker(), "--overwrite", run.config.overwrite)
+    if not run.config.overwrite:
+        _check_known_content(run)
+
+
+def _check_known_content(run: RunRequest) -> None:
+    """Compare what is known before the probe (the content as asked, how it is computed, the resolutions) with the
+    claim in config.json, a value left to the probe ("auto") taken as the claim's: a folder is refused here where no
+    decision of the probe could make the contents match. The full content is compared when the folder is claimed."""
+    existing = read_claim(run.out)
+    if existing is None or not isinstance(existing.get("content"), dict):
+        return
+    claimed_all = existing["content"]
+    known = {**run.requested_content(), "multires": run.multires, "execution": run.execution()}
+    if known.get("flip") == AUTO and "flip" in claimed_all:
+        known["flip"] = claimed_all["flip"]
+    claimed_losses = claimed_all.get("losses")
+    if isinstance(known.get("losses"), dict) and isinstance(claimed_losses, dict):
+        known["losses"] = {key: claimed_losses.get(key, value) if value == AUTO else value
+                           for key, value in known["losses"].items()}
+    claimed = {key: value for key, value in claimed_all.items() if key in known}
+    if claimed != known:  # a key the claim lacks differs too: the claim compares whole contents
+        raise DfgenError(_mismatch(run.out, {**existing, "content": claimed}, known, run.requested_content()))
 
 
 def claim_out_dir(run: RunPlan) -> FolderLock:

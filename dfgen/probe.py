@@ -2,7 +2,9 @@
 
 At set-up (dfgen.runplan.set_up), a short *probe* inverts one batch with plain DeepInversion (no flips, no
 diversity losses) and measures, on the teacher's own images:
-- how often its prediction survives a mirror: flips are on ("auto") only where the teacher is mirror-invariant;
+- how often its prediction survives a mirror: flips are on ("auto") only where the teacher is mirror-invariant, and
+  off, the safe setting, where the teacher's agreement with the probe's targets is near chance (dfgen.chance: a
+  short trial schedule leaves the images noise, and a mirror test on noise says nothing about the teacher);
 - the distance from each image to the nearest image of another class, in the normalised penultimate embedding the
   diversity losses use: the easy-positive reach and the triplet margin ("auto") are fractions of its median, so they
   mean the same on a small digits net that packs classes tightly and on a large ImageNet net whose classes sit far
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from dfgen import losses as L
+from dfgen.chance import describe_chance, near_chance
 from dfgen.config import AUTO, LossWeights
 from dfgen.inversion import EngineSettings, InversionEngine
 from dfgen.plan import LabelPlan, derive_seed
@@ -115,8 +118,24 @@ def needs_probe(flip: bool | str, weights: LossWeights) -> bool:
     return flip == AUTO or (diversity and AUTO in (weights.ep_reach, weights.margin))
 
 
-def apply_probe(flip: bool | str, weights: LossWeights, figures: ProbeFigures | None) -> tuple[bool, LossWeights]:
-    """The flip decision and the loss weights with "auto" replaced by the probe's values."""
+def probe_near_chance(figures: ProbeFigures, num_classes: int) -> bool:
+    """Whether the probe's images are no better than guesses to the teacher (its figures then mean nothing)."""
+    return figures.images > 0 and near_chance(figures.agreement, num_classes, figures.images)
+
+
+def flip_fallback(requested: bool | str, figures: ProbeFigures | None, num_classes: int) -> str | None:
+    """Why an "auto" flip fell back to off without asking the probe (agreement near chance); None otherwise."""
+    if requested != AUTO or figures is None or not probe_near_chance(figures, num_classes):
+        return None
+    return (f"the probe's agreement {figures.agreement:.2f} is near chance "
+            f"({describe_chance(num_classes, figures.images)}), so its mirror test means nothing: flips off, the safe "
+            "setting")
+
+
+def apply_probe(flip: bool | str, weights: LossWeights, figures: ProbeFigures | None,
+                num_classes: int) -> tuple[bool, LossWeights]:
+    """The flip decision and the loss weights with "auto" replaced by the probe's values. `num_classes`: the
+    teacher's, what the probe's agreement is compared with (near chance: flips off)."""
     if figures is None:
         if needs_probe(flip, weights):
             raise ValueError("a setting is auto but no probe ran")
@@ -129,16 +148,24 @@ def apply_probe(flip: bool | str, weights: LossWeights, figures: ProbeFigures | 
             margin=round(MARGIN_FRACTION * scale, 3) if weights.margin == AUTO else weights.margin,
         )
     if flip == AUTO:
-        flip = figures.mirror_kept >= FLIP_KEEP_MIN
+        flip = not probe_near_chance(figures, num_classes) and figures.mirror_kept >= FLIP_KEEP_MIN
     return bool(flip), resolved
 
 
-def describe_probe(figures: ProbeFigures, flip: bool, weights: LossWeights) -> str:
-    """One log line: what the probe found and what it decided."""
-    return (f"probe: {figures.images} images x {figures.iterations} iterations in {figures.seconds:.1f}s; agreement "
-            f"{figures.agreement:.2f}; mirrored images keep their class {figures.mirror_kept:.0%} -> flips "
-            f"{'on' if flip else 'off'}; nearest other-class distance {figures.negative_distance:.3f} -> reach "
-            f"{weights.ep_reach}, margin {weights.margin}")
+def describe_probe(figures: ProbeFigures, flip: bool, weights: LossWeights, num_classes: int,
+                   requested_flip: bool | str = AUTO) -> str:
+    """One log line: what the probe found and what it decided (and, near chance, that it decided nothing)."""
+    near = probe_near_chance(figures, num_classes)
+    agreement = f"agreement {figures.agreement:.2f}" + (
+        f", near chance ({describe_chance(num_classes, figures.images)})" if near else "")
+    if flip_fallback(requested_flip, figures, num_classes):
+        mirror = ("its mirror test means nothing -> flips off (the safe setting; a longer --schedule lets the probe "
+                  "decide)")
+    else:
+        mirror = f"mirrored images keep their class {figures.mirror_kept:.0%} -> flips {'on' if flip else 'off'}"
+    return (f"probe: {figures.images} images x {figures.iterations} iterations in {figures.seconds:.1f}s; {agreement}; "
+            f"{mirror}; nearest other-class distance {figures.negative_distance:.3f} -> reach {weights.ep_reach}, "
+            f"margin {weights.margin}")
 
 
 def figures_from_record(record: dict[str, Any] | None) -> ProbeFigures | None:

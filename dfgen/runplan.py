@@ -38,7 +38,16 @@ from dfgen.inversion import (
     is_out_of_memory,
 )
 from dfgen.plan import LabelPlan, batch_layout, shard_size_for
-from dfgen.probe import STAND_IN, ProbeFigures, apply_probe, describe_probe, figures_from_record, needs_probe, run_probe
+from dfgen.probe import (
+    STAND_IN,
+    ProbeFigures,
+    apply_probe,
+    describe_probe,
+    figures_from_record,
+    flip_fallback,
+    needs_probe,
+    run_probe,
+)
 from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.runtime import resolve_device, resolve_precision, world_from_env
 from dfgen.shards import check_writable_channels
@@ -179,9 +188,11 @@ def _decide(request: RunRequest, recorded: dict[str, Any] | None, log: bool, pro
             figures, probed = run_probe(request.teacher.model, request.teacher.mean, request.teacher.std,
                                         _engine_settings(request, weights, False, noise_levels), request.plan,
                                         request.device, request.competitor.model if request.competitor else None), True
-    flip, weights = apply_probe(request.config.flip, weights, figures)
+    num_classes = request.plan.num_classes
+    flip, weights = apply_probe(request.config.flip, weights, figures, num_classes)
     if probed and log:
-        print(request.log_prefix + describe_probe(figures, flip, weights), file=sys.stderr, flush=True)
+        print(request.log_prefix + describe_probe(figures, flip, weights, num_classes, request.config.flip),
+              file=sys.stderr, flush=True)
     fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(RunRequest)}
     return RunPlan(**fields, flip=flip, weights=weights, probe=figures, noise_levels=noise_levels)
 
@@ -200,12 +211,21 @@ def derived_record(run: RunPlan) -> dict[str, Any]:
                      "value": format_schedule(run.schedule)},
         "multires": run.multires,
         "accepted_resolutions": {str(k): v or "ok" for k, v in sorted(run.accepted.items())},
-        "flip": {"requested": run.config.flip, "value": run.flip},
+        "flip": _flip_record(run),
         "ep_reach": {"requested": run.config.losses.ep_reach, "value": run.weights.ep_reach},
         "margin": {"requested": run.config.losses.margin, "value": run.weights.margin},
         "probe": dataclasses.asdict(run.probe) if run.probe is not None else None,
         "bn_noise_levels": list(run.noise_levels) if run.noise_levels is not None else None,
     }
+
+
+def _flip_record(run: RunPlan) -> dict[str, Any]:
+    """The flip as asked and decided, and why, where the probe decided nothing (agreement near chance)."""
+    record: dict[str, Any] = {"requested": run.config.flip, "value": run.flip}
+    reason = flip_fallback(run.config.flip, run.probe, run.plan.num_classes)
+    if reason:
+        record["reason"] = reason
+    return record
 
 
 def engine_settings(run: RunPlan) -> EngineSettings:

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from dfgen.chance import chance_bound, near_chance
 from dfgen.config import AUTO, LossWeights
 from dfgen.inversion import EngineSettings
 from dfgen.plan import LabelPlan
@@ -15,6 +16,8 @@ from dfgen.probe import (
     REACH_FRACTION,
     ProbeFigures,
     apply_probe,
+    describe_probe,
+    flip_fallback,
     needs_probe,
     probe_labels,
     probe_schedule,
@@ -54,14 +57,40 @@ def figures(**changes):
 
 def test_auto_values_come_from_the_probe_figures():
     weights = LossWeights(ep_reach=AUTO, margin=AUTO)
-    flip, resolved = apply_probe(AUTO, weights, figures(mirror_kept=0.95, negative_distance=0.8))
+    flip, resolved = apply_probe(AUTO, weights, figures(mirror_kept=0.95, negative_distance=0.8), 10)
     assert flip is True
     assert resolved.ep_reach == round(REACH_FRACTION * 0.8, 3) and resolved.margin == round(MARGIN_FRACTION * 0.8, 3)
-    flip, _ = apply_probe(AUTO, weights, figures(mirror_kept=0.5))
+    flip, _ = apply_probe(AUTO, weights, figures(mirror_kept=0.5), 10)
     assert flip is False
     # explicit values are kept; a forced flip ignores the probe
-    flip, resolved = apply_probe(False, LossWeights(ep_reach=0.2, margin=AUTO), figures(negative_distance=1.0))
+    flip, resolved = apply_probe(False, LossWeights(ep_reach=0.2, margin=AUTO), figures(negative_distance=1.0), 10)
     assert flip is False and resolved.ep_reach == 0.2 and resolved.margin == round(MARGIN_FRACTION, 3)
+
+
+def test_chance_bound_is_chance_plus_three_standard_errors():
+    assert chance_bound(10, 20) == pytest.approx(0.1 + 3 * (0.1 * 0.9 / 20) ** 0.5)  # 0.301
+    assert near_chance(0.30, 10, 20) and not near_chance(0.35, 10, 20)
+    assert near_chance(0.13, 10, 640) and not near_chance(0.14, 10, 640)  # more images, a tighter bound
+    assert not near_chance(0.05, 1000, 32) and near_chance(0.0, 1000, 32)  # 0.018 for 1000 classes
+    assert not near_chance(None, 10, 20) and not near_chance(0.0, 10, 0)  # unknown: no claim
+
+
+def test_a_probe_near_chance_falls_back_to_flips_off_and_says_why():
+    weights = LossWeights(ep_reach=AUTO, margin=AUTO)
+    mirror_invariant = dict(images=20, mirror_kept=1.0)
+    flip, resolved = apply_probe(AUTO, weights, figures(agreement=0.1, **mirror_invariant), 10)
+    assert flip is False and resolved.ep_reach == round(REACH_FRACTION * 0.8, 3)  # reach and margin still derived
+    assert apply_probe(AUTO, weights, figures(agreement=0.6, **mirror_invariant), 10)[0] is True
+    assert apply_probe(AUTO, weights, figures(agreement=0.1, **mirror_invariant), 1000)[0] is True  # 100x chance
+    assert apply_probe(True, weights, figures(agreement=0.1, **mirror_invariant), 10)[0] is True  # asked: kept
+    line = describe_probe(figures(agreement=0.1, **mirror_invariant), False, weights, 10, AUTO)
+    assert "agreement 0.10, near chance (up to 0.30 for 10 classes on 20 images)" in line
+    assert "its mirror test means nothing -> flips off (the safe setting" in line and "keep their class" not in line
+    assert "near chance" in flip_fallback(AUTO, figures(agreement=0.1, **mirror_invariant), 10)
+    assert flip_fallback(False, figures(agreement=0.1, **mirror_invariant), 10) is None
+    assert flip_fallback(AUTO, figures(agreement=0.9, **mirror_invariant), 10) is None
+    meaningful = describe_probe(figures(agreement=0.9), True, weights, 10, AUTO)
+    assert "near chance" not in meaningful and "keep their class 95% -> flips on" in meaningful
 
 
 def test_the_probe_runs_only_when_something_is_auto():
@@ -70,7 +99,7 @@ def test_the_probe_runs_only_when_something_is_auto():
     assert needs_probe(False, LossWeights(ep_reach=AUTO))
     assert not needs_probe(False, LossWeights(ep_reach=AUTO, ep=0.0, triplet=0.0))  # plain DeepInversion
     with pytest.raises(ValueError):
-        apply_probe(AUTO, LossWeights(), None)
+        apply_probe(AUTO, LossWeights(), None, 10)
 
 
 def test_probe_batch_and_schedule():
@@ -138,3 +167,38 @@ def test_the_decision_is_reused_on_resume_and_matches_a_fresh_run(dfgen_cli, tmp
               "--margin", str(d["margin"]["value"]), "--flip", "on" if d["flip"]["value"] else "off"]
     code, _, err = dfgen_cli([*forced, "--out", out])
     assert code == 0 and "different configuration" not in err
+
+
+def test_a_trial_schedule_probes_at_chance_and_keeps_flips_off(dfgen_cli, tmp_path, symmetric_file):
+    """A mirror-invariant teacher gets flips from a meaningful probe; five iterations leave noise, on which the mirror
+    test says nothing: flips off, the reason printed and recorded."""
+    args = ["synthesize", "--teacher", f"{symmetric_file}:make", *DIGITS, *FAST, "--schedule", "16:1"]
+    code, _, err = dfgen_cli([*args, "--out", tmp_path / "trial"])
+    assert code == 0, err
+    derived = json.loads((tmp_path / "trial" / "config.json").read_text())["derived"]
+    assert derived["probe"]["mirror_kept"] == 1.0  # the teacher is mirror-invariant: a meaningful probe says on
+    assert derived["probe"]["agreement"] <= 0.30 and derived["flip"]["value"] is False
+    assert "near chance" in derived["flip"]["reason"]
+    assert "near chance (up to 0.30 for 10 classes on 20 images); its mirror test means nothing -> flips off" in err
+
+
+def test_a_changed_configuration_is_refused_before_the_probe(dfgen_cli, tmp_path, monkeypatch):
+    from dfgen import runplan
+
+    out = tmp_path / "out"
+    args = ["synthesize", "--teacher", "digits", *FAST, "--schedule", "16:2"]
+    code, _, err = dfgen_cli([*args, "--out", out])
+    assert code == 0 and "probe:" in err
+    probed = []
+
+    def probe_must_not_run(*args, **kwargs):
+        probed.append(True)
+        raise RuntimeError("the probe ran")
+
+    monkeypatch.setattr(runplan, "run_probe", probe_must_not_run)
+    code, _, err = dfgen_cli([*args, "--seed", "1", "--out", out])
+    assert code == 1 and "different configuration (differs in: seed)" in err and not probed, err
+    code, _, err = dfgen_cli([*args, "--ep", "0.5", "--out", out])  # a loss weight: known before the probe too
+    assert code == 1 and "differs in: losses" in err and not probed, err
+    code, _, err = dfgen_cli([*args, "--out", out])  # the same command: its recorded probe is reused
+    assert code == 0 and "nothing to do" in err and not probed, err
