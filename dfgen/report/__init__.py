@@ -34,33 +34,24 @@ import re
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from dfgen import __version__
 from dfgen.atomic import write_json_atomic
-from dfgen.dataset import DatasetInfo, open_dataset, with_sidecar_figures
+from dfgen.chance import chance_bound, describe_chance, near_chance
+from dfgen.dataset import DatasetInfo
 from dfgen.errors import DfgenError
-from dfgen.report.data import ScanResult, decode_refs, scan_shards
-from dfgen.report.html import grid_image, grouped_bars, histogram, write_html
-from dfgen.report.metrics import (
-    LPIPS_NETS,
-    TeacherRunner,
-    aggregate,
-    load_lpips,
-    lpips_distances,
-    mean_pairwise_distance,
-    sample_pairs,
-    to_float,
-)
-from dfgen.report.teachers import TeacherCache, data_config, resolve_teacher
+from dfgen.report.html import grouped_bars, histogram, write_html
+from dfgen.report.measure import GRID_IMAGES, estimate_cost, measure_dataset  # noqa: F401  (GRID_IMAGES: API)
+from dfgen.report.metrics import LPIPS_NETS, load_lpips
+from dfgen.report.sources import open_report_sets
+from dfgen.report.teachers import TeacherCache, resolve_teacher, shared_teacher
 from dfgen.teachers import Teacher
 
-GRID_IMAGES = 16  # images shown per class on the page
 GRID_CLASSES = 48  # classes shown on the page (evenly spaced when there are more)
 
 
@@ -104,140 +95,6 @@ def _write_json(path: Path, data: Any) -> None:
     write_json_atomic(path, _json_safe(data), sort_keys=False, allow_nan=False)
 
 
-def _measure_dataset(
-    info: DatasetInfo,
-    name: str,
-    scan: ScanResult,
-    teacher: Teacher | None,
-    lpips_model: torch.nn.Module | None,
-    device: torch.device,
-    pairs_per_class: int,
-    seed: int,
-    grid_dir: Path,
-    grid_classes: set[int],
-    quiet: bool,
-    judge: Teacher | None = None,
-) -> tuple[dict[str, Any], dict[str, Path], list[float]]:
-    """Per class: decode the sample, run LPIPS over sampled pairs and the teacher (and the judge) over every
-    image."""
-    names = info.class_names
-    lpips_values: dict[int, list[float]] = {}
-    feature_values: dict[int, list[float]] = {}
-    top1_values: dict[int, list[float]] = {}
-    target_probs: list[float] = []
-    predicted_ok = 0
-    shapes: Counter[str] = Counter()
-    grids: dict[str, Path] = {}
-    decoded = pairs_done = 0
-    decode_s = lpips_s = teacher_s = 0.0
-    runner = judge_runner = None
-    judged_ok, judge_features = 0, {}
-    if teacher is not None:
-        mean, std = data_config(info, teacher)
-        runner = TeacherRunner(teacher, mean, std, device)
-    if judge is not None:  # a network synthesis never used: its own normalization
-        judge_runner = TeacherRunner(judge, judge.mean, judge.std, device)
-    try:
-        bar = tqdm(scan.samples.items(), total=len(scan.samples), desc=f"{name}: measure", unit="class",
-                   disable=quiet, dynamic_ncols=True)
-        for label, refs in bar:
-            start = time.perf_counter()
-            arrays = decode_refs(refs, 1 if info.in_chans <= 2 else 3)  # LA -> grey, RGBA -> RGB
-            images = to_float(arrays)
-            decode_s += time.perf_counter() - start
-            decoded += len(arrays)
-            shapes.update("x".join(str(v) for v in a.shape) for a in arrays)
-            if lpips_model is not None:
-                start = time.perf_counter()
-                pairs = sample_pairs(len(images), pairs_per_class, seed, label)
-                lpips_values[label] = lpips_distances(lpips_model, images, pairs, device)
-                pairs_done += len(pairs)
-                lpips_s += time.perf_counter() - start
-            if runner is not None:
-                start = time.perf_counter()
-                outputs = runner.run(images, [label] * len(images))
-                correct = (outputs.predicted == label).float()
-                top1_values[label] = correct.tolist()
-                predicted_ok += int(correct.sum())
-                target_probs.extend(outputs.target_prob.tolist())
-                distance = mean_pairwise_distance(outputs.features)
-                if distance is not None:
-                    feature_values[label] = [distance]
-                teacher_s += time.perf_counter() - start
-            if judge_runner is not None:
-                outputs = judge_runner.run(images, [label] * len(images))
-                judged_ok += int((outputs.predicted == label).sum())
-                distance = mean_pairwise_distance(outputs.features)
-                if distance is not None:
-                    judge_features[label] = [distance]
-            if label in grid_classes:
-                path = grid_dir / f"class-{label:05d}.png"
-                grid_image(arrays[:GRID_IMAGES]).save(path, optimize=True)
-                grids[names[label]] = path
-            del images, arrays  # at most one class's decoded sample is held at a time
-    finally:
-        for each in (runner, judge_runner):
-            if each is not None:
-                each.close()
-
-    entry: dict[str, Any] = {
-        "lpips_intra_class": None,
-        "teacher_agreement": None,
-        "feature_diversity": None,
-        "decoded_sizes": dict(shapes),
-        "images_decoded": decoded,
-    }
-    if lpips_model is not None:
-        entry["lpips_intra_class"] = {**aggregate(lpips_values, names), "pairs": pairs_done}
-    if runner is not None:
-        per_class_top1 = aggregate(top1_values, names)["per_class"]
-        entry["teacher_agreement"] = {
-            "top1": predicted_ok / len(target_probs) if target_probs else None,
-            "mean_target_prob": float(np.mean(target_probs)) if target_probs else None,
-            "per_class_top1": per_class_top1,
-            "images": len(target_probs),
-        }
-        entry["feature_diversity"] = {
-            **aggregate(feature_values, names),
-            "metric": "mean Euclidean distance of L2-normalized penultimate features over all same-class pairs",
-        }
-    if judge_runner is not None:
-        entry["judge"] = {
-            "name": judge.name,
-            "top1": judged_ok / decoded if decoded else None,
-            "feature_diversity": aggregate(judge_features, names)["mean"],
-            "per_class_feature_diversity": aggregate(judge_features, names)["per_class"],
-            "metric": "the judge's top-1 on the images and the same feature diversity in its embedding",
-        }
-    entry["timings"] = {"decode_s": decode_s, "lpips_s": lpips_s, "teacher_s": teacher_s,
-                        "lpips_pairs": pairs_done}
-    return entry, grids, target_probs
-
-
-def _estimate(scan: ScanResult, entry: dict[str, Any], num_classes: int, images_per_class: int,
-              pairs_per_class: int) -> dict[str, Any]:
-    """Per-unit costs of this run and what 1,000 classes of the same kind would take on this device."""
-    t = entry["timings"]
-    decoded = max(1, entry["images_decoded"])
-    per_image_scan = scan.seconds / max(1, scan.images_scanned)
-    per_image_decode = t["decode_s"] / decoded
-    per_image_teacher = t["teacher_s"] / decoded if entry["teacher_agreement"] else 0.0
-    per_pair_lpips = t["lpips_s"] / t["lpips_pairs"] if t["lpips_pairs"] else 0.0
-    images_per_class_on_disk = scan.images_scanned / max(1, num_classes)
-    per_class = (images_per_class_on_disk * per_image_scan
-                 + images_per_class * (per_image_decode + per_image_teacher)
-                 + pairs_per_class * per_pair_lpips)
-    return {
-        "scan_ms_per_image": 1e3 * per_image_scan,
-        "decode_ms_per_image": 1e3 * per_image_decode,
-        "teacher_ms_per_image": 1e3 * per_image_teacher,
-        "lpips_ms_per_pair": 1e3 * per_pair_lpips,
-        "estimate_s_per_1000_classes": 1000 * per_class,
-        "estimate_note": (f"{images_per_class_on_disk:.0f} images per class on disk scanned, {images_per_class} "
-                          f"decoded, {pairs_per_class} LPIPS pairs, at this dataset's image size, on this device"),
-    }
-
-
 def make_report(
     datasets: list[Path],
     out: Path,
@@ -251,22 +108,30 @@ def make_report(
     grid_classes: int = GRID_CLASSES,
     quiet: bool = False,
     judge: Teacher | None = None,
+    num_classes: int | None = None,
+    image_key: str | None = None,
+    label_key: str = "cls",
 ) -> dict[str, Any]:
     """Measure one or more dataset directories and write `out/report.json`, `out/report.html` and the
     plots (`out/*.png`, per-class grids under `out/grids/`). Returns the content of report.json.
 
-    datasets: directories written by `dfgen synthesize` or `dfgen export-digits`.
+    datasets: dfgen datasets (`dfgen synthesize`, `dfgen export-*`), and any labelled image set beside them: an
+        ImageFolder (one sub-folder of images per class) or plain WebDataset shards (a directory of .tar files, one
+        .tar, a brace pattern), read as distill reads them (dfgen.report.sources).
     pairs_per_class: same-class pairs per class for LPIPS (all pairs when the sample has fewer).
     images_per_class: images sampled (reservoir, seeded) per class; the teacher runs on all of them.
     lpips_net: "alex", "vgg", "squeeze", or None / "none" to skip LPIPS.
     device: "auto", "cpu" or "cuda".
     seed: decides the image sample and the pairs.
     teacher_weights: local weights file for the teacher named in dataset.json (or for `teacher`).
-    teacher: a teacher name (or a loaded Teacher) to use instead of dataset.json's; needed for
-        agreement and feature diversity on real datasets, which record no teacher.
+    teacher: a teacher name (or a loaded Teacher) to use instead of dataset.json's. A real set records no teacher:
+        beside synthetic sets that all record one teacher it is measured with theirs, alone it needs this.
     judge: a second network (dfgen.teachers.load_teacher) that synthesis did not use, e.g. one trained on real
         data: its top-1 on the images and the feature diversity in its embedding, which the diversity losses did
         not optimise (the teacher-feature figure can be gamed by the loss that optimises it).
+    num_classes: the class count of plain WebDataset shards, which record none (default: that of the dfgen sets).
+    image_key, label_key: the sample entries of plain shards holding the image (default: the first of png, jpg,
+        jpeg, webp) and the integer label.
 
     User errors (missing dataset.json, damaged shards, LPIPS backbone not available offline, ...)
     raise DfgenError with a message that names the file."""
@@ -287,14 +152,20 @@ def make_report(
         raise DfgenError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)} or none, got {lpips_net!r}")
     torch_device = resolve_device(device, 0)
 
-    # every dataset.json / index.json / sidecar error before any work
-    infos = [with_sidecar_figures(open_dataset(Path(d))) for d in datasets]
+    # every dataset.json / index.json / sidecar error, and every folder that is no image set, before any work
+    sets = open_report_sets(list(datasets), num_classes, image_key, label_key)
+    borrowed = shared_teacher([s.info for s in sets]) if teacher is None else None
+    lent = [borrowed is not None and s.info.teacher is None for s in sets]
+    infos = [replace(s.info, description={**s.info.description, "teacher": borrowed}) if lend else s.info
+             for s, lend in zip(sets, lent, strict=True)]  # a real set measured by the synthetic sets' teacher
     names = _unique_names(infos)
     # The data first (cheap, and its errors say which shard to remake), then the networks (downloads, memory).
     scans = []
-    for info, name in zip(infos, names, strict=True):
-        _log(f"{name}: checking {len(info.shards)} shard(s) and sampling {images_per_class} images per class", quiet)
-        scans.append(scan_shards(info, images_per_class, seed))
+    for each, name in zip(sets, names, strict=True):
+        what = (f"listing {len(each.files)} files" if each.source_format == "imagefolder"
+                else f"{'checking' if each.verified else 'reading'} {len(each.info.shards)} shard(s)")
+        _log(f"{name}: {what} and sampling {images_per_class} images per class", quiet)
+        scans.append(each.scan(images_per_class, seed))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lpips_model = load_lpips(lpips_net, torch_device) if lpips_net else None
@@ -303,9 +174,11 @@ def make_report(
     entries: list[dict[str, Any]] = []
     all_grids: dict[str, dict[str, Path]] = {}
     probs_by_name: dict[str, list[float]] = {}
-    for info, name, scan in zip(infos, names, scans, strict=True):
+    for info, each, lend, name, scan in zip(infos, sets, lent, names, scans, strict=True):
         started = time.perf_counter() - scan.seconds
         model, teacher_entry, warnings = resolve_teacher(info, teacher, teacher_weights, cache)
+        if lend:
+            teacher_entry["lent"] = "the teacher the synthetic sets of this report record (the set records none)"
         for warning in warnings:
             _log(f"warning: {name}: {warning}", False)
         recorded_counts = info.description.get("class_counts")
@@ -314,7 +187,7 @@ def make_report(
             _log(f"warning: {name}: {warnings[-1]}", False)
         grid_dir = out / "grids" / _slug(name)
         grid_dir.mkdir(parents=True, exist_ok=True)
-        measured, grids, probs = _measure_dataset(
+        measured, grids, probs = measure_dataset(
             info, name, scan, model, lpips_model, torch_device, pairs_per_class, seed, grid_dir,
             set(grid_class_indices(info.num_classes, grid_classes)), quiet, judge,
         )
@@ -326,6 +199,7 @@ def make_report(
             "name": name,
             "path": str(info.path),
             "kind": meta.get("kind"),
+            "source_format": each.source_format,
             "teacher": teacher_entry,
             "diversity": meta.get("diversity"),
             "derived": meta.get("derived"),
@@ -340,20 +214,23 @@ def make_report(
             "image_size": "x".join(str(v) for v in meta.get("image_size", [])) or None,
             "format": meta.get("format"),
             "bytes_on_disk": scan.bytes_on_disk,
-            "shards": {"count": len(info.shards), "checked": scan.shards_checked, "sha256_ok": True},
+            "shards": {"count": len(info.shards), "checked": scan.shards_checked,
+                       "sha256_ok": True if each.verified else None},  # None: no checksums recorded
             "images_scanned": scan.images_scanned,
             **{k: v for k, v in measured.items() if k != "timings"},
             "grids": {cls: str(p.relative_to(out)) for cls, p in grids.items()},
             "warnings": warnings,
         }
+        _mark_chance(entry, model, name)
         timings = {"scan_s": scan.seconds, **measured["timings"], "total_s": time.perf_counter() - started}
-        timings.update(_estimate(scan, {**measured, "timings": timings}, info.num_classes, images_per_class,
+        timings.update(estimate_cost(scan, {**measured, "timings": timings}, info.num_classes, images_per_class,
                                  pairs_per_class))
         entry["timings"] = timings
         entries.append(entry)
         lp = (entry["lpips_intra_class"] or {}).get("mean")
         agreement = (entry["teacher_agreement"] or {}).get("top1")
-        _log(f"{name}: {scan.images_scanned} images in {len(info.shards)} shard(s) verified; LPIPS "
+        where = f"{len(info.shards)} shard(s) verified" if each.verified else f"{each.source_format}, not verified"
+        _log(f"{name}: {scan.images_scanned} images ({where}); LPIPS "
              f"{'-' if lp is None else f'{lp:.4f}'}, teacher top-1 {'-' if agreement is None else f'{agreement:.3f}'}"
              f" ({timings['total_s']:.1f}s)", quiet)
 
@@ -382,6 +259,22 @@ def make_report(
     _write_json(out / "report.json", report)
     _log(f"wrote {out / 'report.html'} and {out / 'report.json'}", quiet)
     return _json_safe(report)
+
+
+def _mark_chance(entry: dict[str, Any], model: Teacher | None, name: str) -> None:
+    """Flag a teacher agreement near chance (dfgen.chance): the teacher does not recognise the images as their
+    classes, so what is measured in its embedding describes noise."""
+    agreement = entry["teacher_agreement"]
+    if model is None or not agreement:
+        return
+    agreement["chance_bound"] = chance_bound(model.num_classes, agreement["images"])
+    agreement["near_chance"] = near_chance(agreement["top1"], model.num_classes, agreement["images"])
+    if agreement["near_chance"]:
+        entry["warnings"].append(
+            f"teacher top-1 agreement {agreement['top1']:.3f} is near chance "
+            f"({describe_chance(model.num_classes, agreement['images'])}): the teacher does not recognise these images "
+            "as their classes, so the feature diversity describes noise")
+        _log(f"warning: {name}: {entry['warnings'][-1]}", False)
 
 
 def _plots(out: Path, entries: list[dict[str, Any]], probs_by_name: dict[str, list[float]]) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import click
 
 
 @click.command()
-@click.argument("datasets", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("datasets", nargs=-1, required=True, metavar="DATASETS...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory (created).")
 @click.option("--pairs-per-class", type=click.IntRange(min=0), default=50, show_default=True,
               help="Same-class pairs per class for LPIPS.")
@@ -33,12 +33,18 @@ import click
 @click.option("--judge-image-size", type=click.IntRange(min=1), default=None, help="The judge's input size.")
 @click.option("--judge-mean", default=None, metavar="M1,M2,M3", help="The judge's normalization mean.")
 @click.option("--judge-std", default=None, metavar="S1,S2,S3", help="The judge's normalization std.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="Class count of plain WebDataset shards (default: that of the dfgen datasets in the report).")
+@click.option("--image-key", default=None, help="Image entry of plain WebDataset samples (default: png/jpg/jpeg/webp).")
+@click.option("--label-key", default="cls", show_default=True, help="Integer label entry of plain WebDataset samples.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, seed, teacher, teacher_weights,
-           judge, judge_weights, judge_kwargs, judge_image_size, judge_mean, judge_std, quiet) -> None:
+           judge, judge_weights, judge_kwargs, judge_image_size, judge_mean, judge_std, num_classes, image_key,
+           label_key, quiet) -> None:
     """Measure datasets (LPIPS diversity, teacher agreement, feature diversity, shard checks) and write
     OUT/report.json, a self-contained OUT/report.html and the plots. Several datasets are compared side
-    by side."""
+    by side: dfgen datasets (synthetic or exported real ones) and any labelled image set, an ImageFolder (one
+    sub-folder of images per class) or plain WebDataset shards (a directory of .tar files or a brace pattern)."""
     from dfgen.folder_guard import Maker, hold_folder
     from dfgen.parsing import parse_floats, parse_kwargs
     from dfgen.report import make_report
@@ -66,14 +72,20 @@ def report(datasets, out, pairs_per_class, images_per_class, lpips_net, device, 
             teacher=teacher,
             quiet=quiet,
             judge=judge_model,
+            num_classes=num_classes,
+            image_key=image_key,
+            label_key=label_key,
         )
     for entry in result["datasets"]:
         lp = (entry["lpips_intra_class"] or {}).get("mean")
         fd = (entry["feature_diversity"] or {}).get("mean")
         ag = entry["teacher_agreement"] or {}
+        read = (f"{entry['shards']['checked']} shard(s) verified" if entry["shards"]["sha256_ok"]
+                else f"read as {entry['source_format']}, no checksums")
         click.echo(
-            f"{entry['name']}: {entry['images_scanned']} images, {entry['shards']['checked']} shard(s) verified, "
-            f"LPIPS {_fmt(lp)}, feature diversity {_fmt(fd)}, teacher top-1 {_fmt(ag.get('top1'))}, "
+            f"{entry['name']}: {entry['images_scanned']} images, {read}, "
+            f"LPIPS {_fmt(lp)}, feature diversity {_fmt(fd)}, teacher top-1 {_fmt(ag.get('top1'))}"
+            f"{' (near chance)' if ag.get('near_chance') else ''}, "
             f"mean target prob {_fmt(ag.get('mean_target_prob'))}"
             + (f", judge top-1 {_fmt(entry['judge']['top1'])}, judge feature diversity "
                f"{_fmt(entry['judge']['feature_diversity'])}" if entry.get("judge") else "")

@@ -1,6 +1,7 @@
 """Reading side of `dfgen report`: check every shard of a dataset (dfgen.dataset opens it) against its sidecar in
 one streaming pass, and keep a deterministic per-class reservoir sample of *references* to images
-(shard, byte offset, size), so that only the kept images are ever read again and decoded."""
+(shard, byte offset, size), so that only the kept images are ever read again and decoded. Plain WebDataset shards
+(no sidecars) are read the same way without the checksums; an ImageFolder's files are sampled from their list."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class ImageRef:
     offset: int
     size: int
     ext: str
+    remedy: str = "rerun the synthesize command to remake the shard"  # what to do where it cannot be decoded
 
 
 @dataclass
@@ -95,9 +97,13 @@ def scan_shards(
     images_per_class: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    image_key: str | None = None,
+    label_key: str = "cls",
 ) -> ScanResult:
-    """One streaming pass over every shard: verify size and sha256 against the sidecar, count labels,
-    and reservoir-sample `images_per_class` image references per class. Decodes no image."""
+    """One streaming pass over every shard: verify size and sha256 against the sidecar (where the shard has one:
+    plain WebDataset shards record none), count labels, and reservoir-sample `images_per_class` image references
+    per class. Decodes no image. `image_key`: the image entry (None: the first of IMAGE_EXTS); `label_key`: the
+    integer label's."""
     start = time.perf_counter()
     reservoir = Reservoir(images_per_class, seed)
     counts = [0] * dataset.num_classes
@@ -107,12 +113,12 @@ def scan_shards(
     for number, shard in enumerate(dataset.shards):
         size = shard.path.stat().st_size
         total_bytes += size
-        if size != shard.bytes:
+        if shard.bytes is not None and size != shard.bytes:
             raise DfgenError(
                 f"shard {shard.path} is {size} bytes but its sidecar {shard.sidecar_path.name} says {shard.bytes}: "
                 "truncated or changed; rerun the synthesize command to remake it"
             )
-        found = _scan_one(shard, dataset.num_classes, reservoir, counts)
+        found = _scan_one(shard, dataset.num_classes, reservoir, counts, image_key, label_key)
         scanned += found
         if shard.count is not None and found != int(shard.count):
             raise DfgenError(
@@ -125,8 +131,10 @@ def scan_shards(
     return ScanResult(samples, counts, scanned, len(dataset.shards), total_bytes, time.perf_counter() - start, warnings)
 
 
-def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: list[int]) -> int:
+def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: list[int], image_key: str | None,
+              label_key: str) -> int:
     """Stream one tar; returns its number of images. Errors name the shard."""
+    remedy = "rerun the synthesize command to remake it" if shard.sha256 else "rewrite the shard"
     found = 0
     data_end = 0
     pending: dict[str, Any] = {}
@@ -137,17 +145,21 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
             return
         key = pending.get("key")
         if "label" not in pending or "image" not in pending:
-            missing = "label (.cls)" if "label" not in pending else "image (.png/.jpg/.webp)"
-            raise DfgenError(f"shard {shard.path}: sample {key} has no {missing}; the shard is not in dfgen's format")
+            images = image_key or "/.".join(IMAGE_EXTS)
+            missing = f"label (.{label_key})" if "label" not in pending else f"image (.{images})"
+            advice = ("the shard is not in dfgen's format" if shard.sha256
+                      else "name its keys with --image-key / --label-key")
+            raise DfgenError(f"shard {shard.path}: sample {key} has no {missing}; {advice}")
         label = pending["label"]
         if not 0 <= label < num_classes:
             raise DfgenError(
                 f"shard {shard.path}: sample {key} has label {label}, outside the dataset's {num_classes} classes"
+                + ("" if shard.sha256 else "; pass --num-classes")
             )
         counts[label] += 1
         found += 1
         offset, size, ext = pending["image"]
-        reservoir.offer(label, ImageRef(key, label, shard.path, offset, size, ext))
+        reservoir.offer(label, ImageRef(key, label, shard.path, offset, size, ext, remedy))
         pending.clear()
 
     try:
@@ -162,7 +174,7 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
                         flush()
                     pending["key"] = key
                     data_end = max(data_end, member.offset_data + member.size)
-                    if ext == "cls":
+                    if ext == label_key:
                         text = archive.extractfile(member).read()
                         try:
                             pending["label"] = int(text.decode().strip())
@@ -170,30 +182,45 @@ def _scan_one(shard: ShardInfo, num_classes: int, reservoir: Reservoir, counts: 
                             raise DfgenError(
                                 f"shard {shard.path}: {member.name} is not an integer label"
                             ) from None
-                    elif ext.lower() in IMAGE_EXTS:
+                    elif ext.lower() == image_key if image_key else ext.lower() in IMAGE_EXTS:
                         pending["image"] = (member.offset_data, member.size, ext.lower())
             reader.drain()
     except DfgenError:
         raise
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DfgenError(
-            f"shard {shard.path} is truncated or not a tar file ({exc}); rerun the synthesize command to remake it"
-        ) from exc
+        raise DfgenError(f"shard {shard.path} is truncated or not a tar file ({exc}); {remedy}") from exc
     # tarfile stops quietly at a truncated header; the data of the last member and the end-of-archive
     # blocks must all be there.
     padded_end = -(-data_end // _TAR_BLOCK) * _TAR_BLOCK
     if reader.position < padded_end + 2 * _TAR_BLOCK:
         raise DfgenError(
             f"shard {shard.path} is truncated (it ends before its last member's data and the end-of-archive "
-            "marker); rerun the synthesize command to remake it"
+            f"marker); {remedy}"
         )
     flush()  # the last sample, once the shard is known to be whole (a cut-off sample is a truncation)
-    if reader.digest.hexdigest() != shard.sha256:
+    if shard.sha256 is not None and reader.digest.hexdigest() != shard.sha256:
         raise DfgenError(
             f"shard {shard.path}: sha256 does not match its sidecar {shard.sidecar_path.name} (the shard is damaged "
             "or was changed); rerun the synthesize command to remake it"
         )
     return found
+
+
+def scan_files(files: list[tuple[Path, int]], num_classes: int, images_per_class: int, seed: int) -> ScanResult:
+    """`scan_shards` for image files (an ImageFolder's, labels given): count labels and reservoir-sample references
+    to `images_per_class` files per class in the list's order. Decodes no image; nothing to verify."""
+    start = time.perf_counter()
+    reservoir = Reservoir(images_per_class, seed)
+    counts = [0] * num_classes
+    total_bytes = 0
+    for path, label in files:
+        size = path.stat().st_size
+        total_bytes += size
+        counts[label] += 1
+        reservoir.offer(label, ImageRef(path.name, label, path, 0, size, path.suffix.lstrip(".").lower(),
+                                        "remove or replace the file"))
+    samples = {label: sorted(refs, key=lambda r: str(r.shard)) for label, refs in sorted(reservoir.kept.items())}
+    return ScanResult(samples, counts, len(files), 0, total_bytes, time.perf_counter() - start)
 
 
 def decode_refs(refs: list[ImageRef], channels: int) -> list[np.ndarray]:
@@ -214,8 +241,8 @@ def decode_refs(refs: list[ImageRef], channels: int) -> list[np.ndarray]:
                     image = image.convert(mode)
                 except (UnidentifiedImageError, OSError, ValueError) as exc:
                     raise DfgenError(
-                        f"shard {shard}: image {ref.key}.{ref.ext} cannot be decoded ({exc}); rerun the synthesize "
-                        "command to remake the shard"
+                        f"{'shard ' if shard.suffix == '.tar' else ''}{shard}: image {ref.key}.{ref.ext} cannot be "
+                        f"decoded ({exc}); {ref.remedy}"
                     ) from exc
                 array = np.array(image, dtype=np.uint8)  # a writable copy, torch.from_numpy needs one
                 decoded[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()

@@ -142,6 +142,8 @@ def _derived_flip(derived: dict | None) -> str | None:
     if not derived or not derived.get("flip"):
         return None
     flip, probe = derived["flip"], derived.get("probe") or {}
+    if flip.get("reason"):  # the probe decided nothing (agreement near chance): the safe setting
+        return f"{'on' if flip['value'] else 'off'} (asked: {flip['requested']}; {flip['reason']})"
     kept = f", mirrored probe images kept their class {probe['mirror_kept']:.0%}" if "mirror_kept" in probe else ""
     return f"{'on' if flip['value'] else 'off'} (asked: {flip['requested']}{kept})"
 
@@ -156,6 +158,7 @@ def _derived_pair(derived: dict | None) -> str | None:
 SUMMARY_ROWS: list[tuple[str, Any]] = [
     ("path", lambda d: d["path"]),
     ("kind", lambda d: d.get("kind")),
+    ("read as", lambda d: d.get("source_format")),
     ("teacher", lambda d: (d.get("teacher") or {}).get("source")),
     ("diversity losses", lambda d: d.get("diversity")),
     ("seed / schedule", lambda d: f"{d.get('seed')} / {d.get('schedule')}" if d.get("schedule") else None),
@@ -187,6 +190,15 @@ def _cost(entry: dict[str, Any], key: str) -> Any:
     return ((entry.get("synthesis_cost") or {}).get("per_image") or {}).get(key)
 
 
+def _cell(label: str, value: Any, entry: dict[str, Any]) -> str:
+    """A table cell; an agreement near chance is shown in red (the warning below the table says why)."""
+    agreement = entry.get("teacher_agreement") or {}
+    if label == "teacher top-1 agreement" and agreement.get("near_chance"):
+        return (f"<td class='num warn' title='near chance: up to {agreement['chance_bound']:.3f}'>{_fmt(value)} "
+                "(near chance)</td>")
+    return f"<td class='num'>{_fmt(value)}</td>"
+
+
 def write_html(report: dict[str, Any], out: Path, plots: dict[str, Path], grids: dict[str, dict[str, Path]]) -> Path:
     """report.html: a summary (comparison) table, the plots, and per-class grids side by side."""
     datasets = report["datasets"]
@@ -207,7 +219,7 @@ def write_html(report: dict[str, Any], out: Path, plots: dict[str, Path], grids:
     ]
     for label, get in SUMMARY_ROWS:
         parts.append(f"<tr><th>{html.escape(label)}</th>")
-        parts += [f"<td class='num'>{_fmt(get(d))}</td>" for d in datasets]
+        parts += [_cell(label, get(d), d) for d in datasets]
         parts.append("</tr>")
     parts.append("</table>")
     for d in datasets:

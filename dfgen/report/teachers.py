@@ -36,6 +36,15 @@ class TeacherCache:
         return self.loaded[key]
 
 
+def shared_teacher(infos: list[DatasetInfo]) -> dict[str, Any] | None:
+    """The teacher entry that every set recording one records alike (the same spec and weights), None where no set
+    records one or they differ: what a real set beside synthetic ones is measured with."""
+    recorded = [info.teacher for info in infos if info.teacher and info.teacher.get("source")]
+    identities = {json.dumps([entry.get("spec") or entry.get("source"), entry.get("weights_sha256"),
+                              entry.get("data_config")], sort_keys=True) for entry in recorded}
+    return recorded[0] if len(identities) == 1 else None
+
+
 def resolve_teacher(
     info: DatasetInfo,
     teacher: str | Teacher | None,
