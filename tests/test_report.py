@@ -170,7 +170,11 @@ def test_report_files_and_figures(two_report, pair):
         assert lp["mean"] == pytest.approx(np.mean(list(lp["per_class"].values())))
         agreement = d["teacher_agreement"]
         assert 0 <= agreement["top1"] <= 1 and 0 <= agreement["mean_target_prob"] <= 1 and agreement["images"] == 30
-        assert d["teacher"]["weights_match"] is True and not d["warnings"]
+        assert d["teacher"]["weights_match"] is True
+        # three iterations a stage leave noise: an agreement near chance is the only warning, and it says so
+        assert agreement["near_chance"] == (agreement["top1"] <= agreement["chance_bound"])
+        assert [w for w in d["warnings"] if "near chance" not in w] == []
+        assert bool(d["warnings"]) == agreement["near_chance"]
         assert 0 <= d["feature_diversity"]["mean"] <= 2
         assert d["timings"]["estimate_s_per_1000_classes"] > 0
         assert len(d["grids"]) == 10 and all((out / p).is_file() for p in d["grids"].values())
