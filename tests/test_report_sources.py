@@ -71,7 +71,7 @@ def test_real_sets_of_every_format_stand_beside_a_synthetic_one(sets, tmp_path):
     counts = {str(c): sets["labels"].tolist().count(c) for c in range(10)}
     for real in (export, folder, shards):
         assert real["kind"] == "real" and real["images_scanned"] == 64 and real["class_counts"] == counts
-        assert real["teacher"]["source"] == syn["teacher"]["source"] and "lent" in real["teacher"]
+        assert real["teacher"]["source"] == syn["teacher"]["source"] and "shared_from" in real["teacher"]
         assert real["teacher_agreement"]["images"] == 64 and real["teacher_agreement"]["top1"] >= 0.9
         assert not real["teacher_agreement"]["near_chance"]
     # the same images read three ways: the same figures

@@ -155,9 +155,10 @@ def make_report(
     # every dataset.json / index.json / sidecar error, and every folder that is no image set, before any work
     sets = open_report_sets(list(datasets), num_classes, image_key, label_key)
     borrowed = shared_teacher([s.info for s in sets]) if teacher is None else None
-    lent = [borrowed is not None and s.info.teacher is None for s in sets]
-    infos = [replace(s.info, description={**s.info.description, "teacher": borrowed}) if lend else s.info
-             for s, lend in zip(sets, lent, strict=True)]  # a real set measured by the synthetic sets' teacher
+    measured_by_shared = [borrowed is not None and s.info.teacher is None for s in sets]
+    # a real set (no teacher recorded) is measured with the teacher the synthetic sets share
+    infos = [replace(s.info, description={**s.info.description, "teacher": borrowed}) if shared else s.info
+             for s, shared in zip(sets, measured_by_shared, strict=True)]
     names = _unique_names(infos)
     # The data first (cheap, and its errors say which shard to remake), then the networks (downloads, memory).
     scans = []
@@ -174,11 +175,11 @@ def make_report(
     entries: list[dict[str, Any]] = []
     all_grids: dict[str, dict[str, Path]] = {}
     probs_by_name: dict[str, list[float]] = {}
-    for info, each, lend, name, scan in zip(infos, sets, lent, names, scans, strict=True):
+    for info, each, shared, name, scan in zip(infos, sets, measured_by_shared, names, scans, strict=True):
         started = time.perf_counter() - scan.seconds
         model, teacher_entry, warnings = resolve_teacher(info, teacher, teacher_weights, cache)
-        if lend:
-            teacher_entry["lent"] = "the teacher the synthetic sets of this report record (the set records none)"
+        if shared:
+            teacher_entry["shared_from"] = "the teacher the synthetic sets of this report record (the set records none)"
         for warning in warnings:
             _log(f"warning: {name}: {warning}", False)
         recorded_counts = info.description.get("class_counts")
