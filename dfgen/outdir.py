@@ -43,17 +43,17 @@ def synthesis_maker(fingerprint: str | None = None) -> Maker:
 
 def check_out_dir(run: RunRequest) -> None:
     """Refuse an --out that holds anything but a synthetic dataset (exported real data, a training run, a report,
-    files of the user's), or a synthetic dataset made with another configuration: cheap, so it runs before the
-    start-up probe (whose decisions follow from the configuration, so they cannot make a differing one match)."""
+    files of the user's): cheap, so it runs before the start-up probe."""
     check_ownership(run.out, synthesis_maker(), "--overwrite", run.config.overwrite)
-    if not run.config.overwrite:
-        _check_known_content(run)
 
 
-def _check_known_content(run: RunRequest) -> None:
-    """Compare what is known before the probe (the content as asked, how it is computed, the resolutions) with the
-    claim in config.json, a value left to the probe ("auto") taken as the claim's: a folder is refused here where no
-    decision of the probe could make the contents match. The full content is compared when the folder is claimed."""
+def check_claim_before_probe(run: RunRequest) -> None:
+    """Refuse a synthetic dataset made with another configuration before the start-up probe runs: what is known
+    before it (the content as asked, how it is computed, the resolutions) is compared with the claim in config.json,
+    a value left to the probe ("auto") taken as the claim's, so a folder is refused here only where no decision of
+    the probe could make the contents match. The full content is compared when the folder is claimed."""
+    if run.config.overwrite:
+        return
     existing = read_claim(run.out)
     if existing is None or not isinstance(existing.get("content"), dict):
         return

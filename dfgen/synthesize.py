@@ -27,7 +27,14 @@ from dfgen.atomic import set_process_rank
 from dfgen.config import SynthesisConfig, build_config
 from dfgen.cost import counting, record_startup
 from dfgen.inversion import InversionEngine
-from dfgen.outdir import check_out_dir, claim_out_dir, completion_note, finalize, recorded_derivation
+from dfgen.outdir import (
+    check_claim_before_probe,
+    check_out_dir,
+    claim_out_dir,
+    completion_note,
+    finalize,
+    recorded_derivation,
+)
 from dfgen.runplan import RunPlan, decide, engine_for, explain_out_of_memory, prepare
 from dfgen.shards import Sample, encode_image, image_key, remove_temporaries, shard_done, write_shard
 from dfgen.teachers import Teacher
@@ -115,7 +122,8 @@ def synthesize(
     start = time.perf_counter()
     request = prepare(config, teacher)
     set_process_rank(request.rank)
-    check_out_dir(request)  # before the probe: a folder of other data is refused at once
+    check_out_dir(request)  # before the probe: a folder of other data is refused at once,
+    check_claim_before_probe(request)  # and a dataset made with another configuration
     with counting() as startup:  # the start-up's teacher passes (noise levels, probe) count too (dfgen.cost)
         run = decide(request, recorded_derivation(request.out))
     with claim_out_dir(run):  # held until the end (one lock per rank)
