@@ -88,6 +88,17 @@ def test_real_sets_of_every_format_stand_beside_a_synthetic_one(sets, tmp_path):
     assert "read as" in html and "imagefolder" in html and "webdataset" in html
 
 
+def test_shards_by_pattern_or_file_and_a_folder_alone(sets, tmp_path):
+    pattern = str(sets["shards"] / "train-{0000..0001}.tar")
+    one = sets["shards"] / "train-0001.tar"
+    result = make_report([pattern, one], tmp_path / "r", num_classes=10, **FAST)["datasets"]
+    assert [d["images_scanned"] for d in result] == [64, 24] and result[0]["name"] == "train-{0000..0001}.tar"
+    assert result[0]["teacher_agreement"] is None  # no synthetic set to share a teacher, none given
+    alone = make_report([sets["folder"]], tmp_path / "r2", teacher="digits", **FAST)["datasets"][0]
+    assert alone["classes"] == [str(c) for c in range(10)] and alone["teacher_agreement"]["top1"] >= 0.9
+    assert "shared_from" not in alone["teacher"]
+
+
 def test_folder_classes_follow_the_synthetic_sets_names(sets, tmp_path):
     """Folders named as the synthetic set's classes are numbered by it, not by sorted folder names."""
     names = [f"digit {c}" for c in range(10)]
