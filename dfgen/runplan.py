@@ -20,6 +20,7 @@ import torch
 
 from dfgen.competitor import load_competitor
 from dfgen.config import (
+    AUTO,
     LossWeights,
     SynthesisConfig,
     config_fingerprint,
@@ -190,6 +191,9 @@ def _decide(request: RunRequest, recorded: dict[str, Any] | None, log: bool, pro
                                         request.device, request.competitor.model if request.competitor else None), True
     num_classes = request.plan.num_classes
     flip, weights = apply_probe(request.config.flip, weights, figures, num_classes)
+    decided = (recorded or {}).get("flip") if figures is not None and not probed and probe else None
+    if request.config.flip == AUTO and isinstance(decided, dict) and isinstance(decided.get("value"), bool):
+        flip = decided["value"]  # the recorded decision stands: a run begun under an earlier rule continues as begun
     if probed and log:
         print(request.log_prefix + describe_probe(figures, flip, weights, num_classes, request.config.flip),
               file=sys.stderr, flush=True)
@@ -223,7 +227,7 @@ def _flip_record(run: RunPlan) -> dict[str, Any]:
     """The flip as asked and decided, and why, where the probe decided nothing (agreement near chance)."""
     record: dict[str, Any] = {"requested": run.config.flip, "value": run.flip}
     reason = flip_fallback(run.config.flip, run.probe, run.plan.num_classes)
-    if reason:
+    if reason and not run.flip:
         record["reason"] = reason
     return record
 

@@ -202,3 +202,22 @@ def test_a_changed_configuration_is_refused_before_the_probe(dfgen_cli, tmp_path
     assert code == 1 and "differs in: losses" in err and not probed, err
     code, _, err = dfgen_cli([*args, "--out", out])  # the same command: its recorded probe is reused
     assert code == 0 and "nothing to do" in err and not probed, err
+
+
+def test_a_recorded_flip_decision_stands_on_resume(digits_teacher, monkeypatch):
+    """A folder begun when a near-chance probe still decided flips on continues with flips on, as recorded."""
+    import dataclasses
+
+    from dfgen import runplan
+    from dfgen.config import build_config
+
+    config = build_config(None, teacher="digits", n=20, out="unused", schedule="16:1", classes_per_batch=10,
+                          images_per_class=2, flip="auto")
+    run = runplan.set_up(config, digits_teacher, log=False)
+    assert run.flip is False and "near chance" in runplan.derived_record(run)["flip"]["reason"]
+    monkeypatch.setattr(runplan, "run_probe", lambda *a, **k: pytest.fail("the recorded probe should be reused"))
+    earlier = runplan.derived_record(run)
+    earlier["flip"] = {"requested": "auto", "value": True}
+    again = runplan.set_up(config, digits_teacher, recorded=earlier, log=False)
+    assert again.flip is True and "reason" not in runplan.derived_record(again)["flip"]
+    assert dataclasses.replace(again, flip=False).content() == run.content()  # only the flip differs
