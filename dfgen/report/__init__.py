@@ -1,5 +1,6 @@
 """`dfgen report`: measure synthetic (or real) datasets and write report.json, a self-contained
-report.html and the plots as PNG files.
+report.html and the plots as PNG files. Besides dfgen datasets it reads any labelled image set, an ImageFolder or
+plain WebDataset shards (dfgen.report.sources), so synthetic and real sets stand side by side.
 
 Python API::
 
@@ -13,8 +14,9 @@ What is measured per dataset:
   ``pairs_per_class`` distinct same-class pairs drawn (seeded) from the class's sample; "mean" is the
   mean over classes. Images are scaled to [-1, 1], grey replicated to 3 channels, and resized
   (bilinear) so that the shorter side is at least 64 px. Higher is more diverse.
-- ``teacher_agreement``: {"top1", "mean_target_prob", "per_class_top1", "images"}: the teacher named in
-  dataset.json re-run on the decoded images of the sample.
+- ``teacher_agreement``: {"top1", "mean_target_prob", "per_class_top1", "images", "chance_bound",
+  "near_chance"}: the teacher named in dataset.json (for a real set, the one the synthetic sets beside it share)
+  re-run on the decoded images of the sample; a top-1 near chance (dfgen.chance) is flagged and warned about.
 - ``feature_diversity``: {"mean", "per_class"}: mean Euclidean distance between L2-normalized
   penultimate teacher features (input of the final linear layer) over all same-class pairs of the sample.
 - class counts, image size, format, bytes on disk, shards checked (sha256 against the sidecars),
