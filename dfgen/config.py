@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from dfgen.amortized_settings import GENERATOR_BN, MODES, AmortizedSettings
+from dfgen.config_file import read_config_file, refuse_unknown
 from dfgen.errors import DfgenError
 from dfgen.loss_weights import AUTO, COMPETITION, LossWeights, losses_content, synthesis_losses
 from dfgen.parsing import (
-    MAX_CONFIG_BYTES,
     MAX_ITERATIONS,
     MAX_SEED,
-    check_plain_values,
     parse_count,
     parse_floats,
     parse_kwargs,
     parse_schedule,
     read_class_names,
-    safe_yaml,
 )
 
 SMALL_INPUT = 128  # below this teacher input size the default schedule has three stages (docs/design.md)
@@ -314,23 +312,7 @@ def config_fingerprint(content: dict[str, Any]) -> str:
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DfgenError(f"config file not found: {path}")
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise DfgenError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes; is it a preset?")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DfgenError(f"config file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-    data = safe_yaml(text, f"config file {path}") or {}
-    if not isinstance(data, dict):
-        raise DfgenError(f"config file {path} must hold a mapping of option: value")
-    check_plain_values(data, f"config file {path}")
-    bad_keys = [key for key in data if not isinstance(key, str)]
-    if bad_keys:
-        raise DfgenError(f"config file {path}: option names must be text, got {bad_keys[0]!r}")
-    data = {key.replace("-", "_"): value for key, value in data.items()}
+    data = read_config_file(path)
     known = {f.name for f in dataclasses.fields(SynthesisConfig)}
     loss_names = {f.name for f in dataclasses.fields(LossWeights)}
     losses = data.pop("losses", None) or {}
@@ -340,9 +322,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     for key in list(data):
         if key in loss_names:  # flat loss keys are accepted too, like the CLI flags
             losses[key] = data.pop(key)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise DfgenError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    refuse_unknown(data, known, f"config file {path}")
     bad_losses = sorted(set(losses) - loss_names)
     if bad_losses:
         raise DfgenError(f"config file {path}: unknown loss weight(s) {', '.join(bad_losses)}")

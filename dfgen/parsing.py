@@ -129,10 +129,19 @@ def parse_kwargs(value: str | Mapping[str, Any] | None, what: str = "--teacher-k
         raise DfgenError(f"{what} must hold plain values (numbers, strings, lists, mappings): {exc}") from exc
 
 
+class NumberLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads exponent numbers without a dot (`5e-4`, `1e-08`, as JSON and YAML 1.2 write
+    them) as floats: PyYAML follows YAML 1.1, which reads them as text."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def safe_yaml(text: str, what: str) -> Any:
-    """yaml.safe_load with its failures (syntax, nesting too deep for the parser) as one line."""
+    """Safe YAML loading (NumberLoader) with its failures (syntax, nesting too deep for the parser) as one line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=NumberLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise DfgenError(f"{what} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
     except RecursionError:

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dfgen.config_file import read_config_file, refuse_unknown
 from distill.errors import DistillError
-from distill.values import check_json_tree, check_range, coerce
+from distill.values import NULL, check_choice, check_json_tree, check_range, coerce
 
 _DEVICES = ("auto", "cpu", "cuda")
 _DISTILLATIONS = ("hard", "soft")
 _SOFT_LABELS = ("online", "stored")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_REMODES = ("pixel", "rand", "const")  # timm's RandomErasing
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")  # timm's training transform
 
 
 @dataclass
@@ -115,6 +116,8 @@ class TrainConfig:
                 setattr(self, f.name, coerce(f.name, f.type, getattr(self, f.name)))
         if isinstance(self.shards, (str, Path)):
             self.shards = [str(self.shards)]
+        if not isinstance(self.shards, (list, tuple)):
+            raise DistillError(f"shards must be a list of sources (paths or shard patterns), got {self.shards!r:.80}")
         self.shards = [str(s) for s in self.shards]
         self.mix = _floats(self.mix, "--mix")
         self.fraction = _floats(self.fraction, "--fraction")
@@ -185,6 +188,13 @@ class TrainConfig:
         for name in ("num_classes", "in_chans", "img_size", "lr_base_size", "eval_batch_size"):
             check_range(name, getattr(self, name), 1)
         check_range("workers", self.workers, 0)
+        check_choice("remode", self.remode, _REMODES)
+        check_choice("train_interpolation", self.train_interpolation, _INTERPOLATIONS)
+        from timm.optim import list_optimizers
+
+        if self.opt.lower().split("_")[-1] not in list_optimizers():  # timm's names, e.g. lookahead_adamw
+            raise DistillError(f"opt must be one of timm's optimizers (adamw, sgd, lamb, ...: "
+                               f"timm.optim.list_optimizers()), got {self.opt!r}")
         for name, (low, high) in (("scale", self.scale), ("ratio", self.ratio)):
             if not 0 < low <= high:
                 raise DistillError(f"{name} must be [low, high] with 0 < low <= high, got [{low:g}, {high:g}]")
@@ -247,39 +257,16 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
     return low, high
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a preset is a page of settings; a larger file is not one
-
-
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """The options of a YAML preset (or of a run's config.json, which YAML reads too), by name."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistillError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise DistillError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a preset holds settings")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DistillError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
-    except RecursionError:
-        raise DistillError(f"config file {path} is nested too deeply; a preset holds plain settings") from None
-    except UnicodeDecodeError:
-        raise DistillError(f"config file {path} is not text (UTF-8)") from None
-    if not isinstance(data, dict):
-        raise DistillError(f"config file {path} must hold a mapping of option: value")
-    keys = [key for key in data if not isinstance(key, str)]
-    if keys:
-        raise DistillError(f"config file {path}: option names must be text, got {keys[0]!r}")
-    data = {key.replace("-", "_"): value for key, value in data.items()}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise DistillError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    """The options of a YAML preset or of a run's config.json (dfgen.config_file: the reader both tools share)."""
+    data = read_config_file(path, DistillError)
+    refuse_unknown(data, [f.name for f in dataclasses.fields(TrainConfig)], f"config file {path}", DistillError)
     return data
 
 
 def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults <- YAML preset <- explicit overrides (None or an empty list means 'not given')."""
+    """Defaults <- YAML preset <- explicit overrides (None or an empty list means 'not given'; `NULL`, from `none`
+    on the command line, sets None)."""
     data: dict[str, Any] = load_yaml_config(yaml_path) if yaml_path else {}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in overrides.items():
@@ -287,7 +274,7 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Train
             raise DistillError(f"unknown option {key!r}")
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
-        data[key] = value
+        data[key] = None if value is NULL else value
     try:
         return TrainConfig(**data)
     except TypeError as exc:  # a YAML value of the wrong kind (e.g. a list where a number goes)

@@ -15,6 +15,22 @@ MAX_DEPTH = 16  # nesting of a free-form mapping (model_kwargs)
 MAX_NODES = 10_000  # values in it, every visit of a shared (YAML alias) value counted again
 
 
+class _Null:
+    """An option given as `none` on the command line (e.g. `--aa none`): it sets None, where an option not given
+    (None) leaves the file's or the default value."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DistillError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def coerce(name: str, kind: str, value: Any) -> Any:
     """`value` as the field's declared kind ("int", "float | None", "bool", "str"...); a one-line error otherwise."""
     optional = kind.endswith("| None")
