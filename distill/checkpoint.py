@@ -2,7 +2,10 @@
 of one; checkpoints read with `weights_only=True`; what a run's checkpoint holds and where a resumed run starts; the
 student a checkpoint describes; every rank's RNG state.
 
-Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_args, pairs, bad_shards).
+Checkpoints are plain dicts of tensors, numbers and JSON strings (config, model_args, pairs, bad_shards), in timm's
+layout: the student's weights under `state_dict` (and `model`, the same tensors, stored once), its EMA under
+`state_dict_ema`, so `timm.models.load_checkpoint(model, path, use_ema=...)` reads either. Files of the earlier
+layout (`model`, EMA under `ema`) still load and resume: `load_checkpoint` gives both layouts as one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from distill.identity import DATA_FIELDS
 from distill.models import DearKD
 from distill.student import create_student
 
-CHECKPOINT_FORMAT = "distill-checkpoint-v1"
+CHECKPOINT_FORMAT = "distill-checkpoint-v2"  # v2: timm's keys (state_dict, state_dict_ema)
+READABLE_FORMATS = ("distill-checkpoint-v1", CHECKPOINT_FORMAT)
 # what best.pt keeps of last.pt: enough to evaluate or fine-tune the student, not to resume the run
 BEST_KEYS = ("format", "config", "model_args", "pairs", "model", "ema", "epoch", "stage", "best_top1")
 
@@ -54,8 +58,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for files that are not (safe) checkpoints
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise DistillError(f"{path} is not a distill checkpoint that loads with weights_only=True ({first})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
         raise DistillError(f"{path} is not a distill checkpoint (made by `distill run`)")
+    return from_file_layout(ckpt)
+
+
+def to_file_layout(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint as written: the student under `state_dict` and `model` (one copy on disk: torch.save stores a
+    tensor once however often it is named), the EMA under `state_dict_ema` (left out without one)."""
+    state = dict(state)
+    ema = state.pop("ema", None)
+    if "model" in state:
+        state["state_dict"] = state["model"]
+    if ema is not None:
+        state["state_dict_ema"] = ema
+    return state
+
+
+def from_file_layout(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of either layout as the trainer reads it: the student under `model`, the EMA under `ema`."""
+    ckpt = dict(ckpt)
+    weights = ckpt.pop("state_dict", None)
+    if weights is not None:
+        ckpt["model"] = weights
+    if "state_dict_ema" in ckpt:
+        ckpt["ema"] = ckpt.pop("state_dict_ema")
+    ckpt.setdefault("ema", None)
     return ckpt
 
 
@@ -104,10 +132,10 @@ def _stored_identity(ckpt: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def save_epoch_checkpoints(out: Path, state: dict[str, Any], improved: bool) -> None:
-    """last.pt every epoch; best.pt (its `BEST_KEYS`) when the validation top-1 improved."""
-    save_checkpoint(state, out / "last.pt")
+    """last.pt every epoch; best.pt (its `BEST_KEYS`) when the validation top-1 improved; both in timm's layout."""
+    save_checkpoint(to_file_layout(state), out / "last.pt")
     if improved:
-        save_checkpoint({k: state[k] for k in BEST_KEYS}, out / "best.pt")
+        save_checkpoint(to_file_layout({k: state[k] for k in BEST_KEYS}), out / "best.pt")
 
 
 # ------------------------------------------------------------------------------------------------ the student

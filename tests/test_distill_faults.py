@@ -104,7 +104,7 @@ def test_yaml_keys_nesting_and_alias_bombs_are_one_line_errors(tmp_path):
     cases = {
         "intkey.yaml": ("shards: [x]\n5: 3\n", "option names must be text, got 5"),
         "deep.yaml": ("shards: [x]\nmodel_kwargs: {a: " + "[" * 3000 + "]" * 3000 + "}\n", "nested"),
-        "deep16.yaml": ("shards: [x]\nmodel_kwargs: {a: " + "[" * 20 + "]" * 20 + "}\n", "nested deeper than 16 levels"),
+        "deep16.yaml": ("shards: [x]\nmodel_kwargs: {a: " + "[" * 20 + "]" * 20 + "}\n", "deeper than 16 levels"),
         "bomb.yaml": ("shards: [x]\nmodel_kwargs:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                       + "".join(f"  {k}: &{k} [{', '.join([f'*{p}'] * 10)}]\n"
                                 for p, k in zip("abcdefgh", "bcdefghi", strict=True)),
