@@ -44,16 +44,18 @@ def run(config_path: str | None, **options) -> None:
 @click.option("--image-key", help="Plain WebDataset shards: the image's extension [png/jpg/jpeg/webp].")
 @click.option("--label-key", default="cls", show_default=True, help="Plain WebDataset shards: the label's extension.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="Data loader processes [0 on CPU, 8 on GPU].")
-@click.option("--ema", is_flag=True, help="Evaluate the EMA weights.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("-j", "--workers", type=click.IntRange(min=0), help="Data loader processes [0 on CPU, 8 on GPU].")
+@click.option("--ema", "--use-ema", "ema", is_flag=True, help="Evaluate the EMA weights.")
+@click.option("--quiet", is_flag=True, help="No progress bar (it shows only on a terminal anyway).")
 def eval_(checkpoint: str, data: str, labels_file: str | None, image_key: str | None, label_key: str, device: str,
-          batch_size: int, workers: int | None, ema: bool) -> None:
+          batch_size: int, workers: int | None, ema: bool, quiet: bool) -> None:
     """Top-1/top-5 of a checkpoint on DATA, printed as one JSON line {"top1", "top5", "n"} (percent)."""
     from distill.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, device=device, batch_size=batch_size, workers=workers, ema=ema,
-                                 labels_file=labels_file, image_key=image_key, label_key=label_key)
+                                 labels_file=labels_file, image_key=image_key, label_key=label_key,
+                                 progress=not quiet)
     click.echo(json.dumps(result))
 
 

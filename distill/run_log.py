@@ -1,9 +1,13 @@
-"""The log of a run: config.json, metrics.jsonl (one JSON line per epoch) and curves.png in its directory, all
-written atomically, and the lines it prints (what is trained on what, one summary per epoch)."""
+"""The log of a run: config.json, metrics.jsonl (one JSON line per epoch), summary.csv (the same epochs in timm's
+columns) and curves.png in its directory, all written atomically; TensorBoard event files under tensorboard/ where
+the `tensorboard` package is installed (nothing otherwise); and the lines it prints (what is trained on what, one
+summary per epoch)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,63 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """metrics.jsonl, and summary.csv beside it: both rewritten whole, so a resumed run's files hold each epoch
+    once."""
     text = "".join(json.dumps(r) + "\n" for r in records)
     write_atomic(path, lambda handle: handle.write(text.encode()))
+    write_summary(path.parent / SUMMARY_FILE, records)
+
+
+SUMMARY_FILE = "summary.csv"
+# timm's summary.csv columns (train.py: train_ + its training metrics, eval_ + its validation metrics, lr), from
+# the metrics record's fields; the EMA's columns only in a run with an EMA
+SUMMARY_COLUMNS = {"epoch": "epoch", "train_loss": "loss", "eval_loss": "val_loss", "eval_top1": "val_top1",
+                   "eval_top5": "val_top5", "lr": "lr"}
+EMA_COLUMNS = {"ema_eval_loss": "ema_val_loss", "ema_eval_top1": "ema_val_top1", "ema_eval_top5": "ema_val_top5"}
+
+
+def write_summary(path: Path, records: list[dict[str, Any]]) -> None:
+    """summary.csv: one row per epoch (epochs counted from 1, as in metrics.jsonl); the eval_ cells of an epoch
+    without validation (--eval-every) are empty."""
+    columns = dict(SUMMARY_COLUMNS)
+    if any("ema_val_top1" in r for r in records):
+        columns.update(EMA_COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow(["" if record.get(field) is None else record[field] for field in columns.values()])
+    write_atomic(path, lambda handle: handle.write(buffer.getvalue().encode()))
+
+
+class TensorBoardLog:
+    """Each epoch's numbers as TensorBoard scalars, under RUN_DIR/tensorboard (`tensorboard --logdir RUN_DIR`)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def add(self, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                group = "val" if "val_" in key else "train"
+                self.writer.add_scalar(f"{group}/{key}", value, epoch)
+        for block, distance in enumerate(record.get("attn_distance") or []):
+            self.writer.add_scalar(f"attention_distance/block{block}", distance, epoch)
+        self.writer.flush()  # a killed run keeps its epochs
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_tensorboard(out: Path) -> TensorBoardLog | None:
+    """A TensorBoard log in `out`, or None where the `tensorboard` package is not installed (an optional extra:
+    pip install 'dfgen[tensorboard]')."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return TensorBoardLog(SummaryWriter(log_dir=str(out / "tensorboard")))
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, stage1_epochs: int) -> None:

@@ -63,7 +63,15 @@ from distill.losses import PairedMixup, label_criterion
 from distill.models import DearKD, average_attention_distance
 from distill.optim import Optimization, Trainable, build_optimization, make_aligners
 from distill.pipeline import ShardHealth, StreamSettings, train_loader
-from distill.run_log import plot_curves, read_metrics, startup_line, summary_line, write_config, write_metrics
+from distill.run_log import (
+    open_tensorboard,
+    plot_curves,
+    read_metrics,
+    startup_line,
+    summary_line,
+    write_config,
+    write_metrics,
+)
 from distill.student import create_student
 from distill.teacher import load_stage1_teacher
 from distill.teacher_features import Pair, pairs_from_json, pairs_to_json
@@ -122,6 +130,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]
 
 def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     run = _set_up(cfg, env)
+    board = open_tensorboard(Path(cfg.out)) if env.main else None  # None without the tensorboard package
     epochs_run, record = 0, run.records[-1] if run.records else None
     for epoch in range(run.start_epoch, cfg.epochs):
         stage = 1 if epoch < cfg.stage1_epochs else 2
@@ -145,10 +154,14 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if env.main:
                 plot_curves(run.records, Path(cfg.out) / "curves.png", cfg.stage1_epochs)
         env.log(summary_line(record, cfg.epochs))
+        if board is not None:
+            board.add(record)
         epochs_run += 1
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch + 1 < cfg.epochs:
             env.log(f"stopping after {epochs_run} epoch(s) as asked; continue with --resume")
             break
+    if board is not None:
+        board.close()
     for line in (run.health.summary(), _skipped_line(run.val_skipped)):
         if line:
             env.log(line)
@@ -301,7 +314,7 @@ def _measure(run: Run) -> dict[str, Any]:
         loader = eval_loader(data.val, run.transforms[1], data.in_chans, data.num_classes,
                              cfg.eval_batch_size or run.rank_batch, run.workers, env.rank, env.world_size)
         record.update(validate(run.model, run.opt.ema, loader, env.device, run.ctx.amp_dtype, env.world_size,
-                               cfg.max_bad_images))
+                               cfg.max_bad_images, progress=env.main and not cfg.quiet))
         run.val_skipped.update(record["val_skipped"])
         record["val_skipped"] = len(record["val_skipped"])
     if run.probe is not None:
