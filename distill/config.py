@@ -106,6 +106,9 @@ class TrainConfig:
     resume: bool = False
     quiet: bool = False
     stop_after: int | None = None  # leave after this many epochs of this invocation (time-sliced jobs)
+    # the student's starting weights (local files; distill.student_weights)
+    pretrained: str | None = None  # weights adapted to the student (classifier, channels, position embedding)
+    initial_checkpoint: str | None = None  # a checkpoint of this very student, loaded as is
 
     RUN_FIELDS = ("out", "device", "precision", "workers", "eval_batch_size", "eval_every", "max_bad_shards",
                   "max_bad_images", "resume", "quiet", "stop_after")

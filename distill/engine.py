@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 
 from distill.distributed import autocast
 from distill.errors import DistillError
-from distill.losses import dearkd_loss, distillation_target, mix_targets
+from distill.losses import dearkd_loss, distillation_target, kd_loss, mix_targets
 from distill.pipeline import ShardHealth
 from distill.teacher_features import Pair, TeacherFeatures, match_size
 
 
 class StudentForward(nn.Module):
     """Makes `DearKD.forward_with_tokens` the module's forward, so DDP sees exactly one call per step (and syncs
-    gradients) whether or not block tokens are wanted."""
+    gradients) whether or not block tokens are wanted. Any other student's forward is its own (one tensor of
+    logits, or a distilled ViT's two)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -42,7 +43,7 @@ class EpochContext:
     """What a training epoch needs besides the data."""
 
     student: nn.Module  # StudentForward, DDP-wrapped under torchrun
-    model: nn.Module  # the bare DearKD (EMA source)
+    model: nn.Module  # the bare student (EMA source)
     optimizer: torch.optim.Optimizer
     scheduler: Any  # timm scheduler, stepped per update
     criterion: nn.Module
@@ -131,8 +132,11 @@ def train_one_epoch(ctx: EpochContext, loader: Iterable, steps: int, num_updates
         if blocks:
             teacher_maps = [match_size(maps[p.stage.name], tuple(m.shape[-2:]))
                             for p, m in zip(ctx.pairs, student_maps, strict=True)]
-        terms = dearkd_loss(outputs, target, ctx.criterion, teacher_target, student_maps, teacher_maps,
-                            ctx.hidden_weight, ctx.distillation, ctx.tau)
+        if isinstance(outputs, torch.Tensor):  # a one-head student: plain KD
+            terms = kd_loss(outputs, target, ctx.criterion, teacher_target, ctx.distillation, ctx.tau)
+        else:
+            terms = dearkd_loss(outputs, target, ctx.criterion, teacher_target, student_maps, teacher_maps,
+                                ctx.hidden_weight, ctx.distillation, ctx.tau)
         loss = terms["loss"]
 
         ctx.optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,10 @@ Stage 2:  no teacher: both heads learn the labels, 1/2 CE(class head, y) + 1/2 C
 
 The teacher's side comes as per-sample target probabilities (`distillation_target`): from the teacher's logits on the
 batch (online), or from stored logits mixed like the images (`mix_targets`; dfgen's stored top-k soft labels).
+
+A student with one head (any other timm model) learns by plain KD (`kd_loss`): the same two terms on its one head,
+1/2 CE(logits, y) + 1/2 D(logits, teacher), D hard or soft as above (Hinton's KD at weight 1/2, DeiT's single-head
+distillation); stage 2: CE(logits, y).
 """
 
 from __future__ import annotations
@@ -92,4 +96,22 @@ def dearkd_loss(
         terms["hidden"] = hidden.mean()
         loss = loss + hidden_weight * terms["hidden"]
     terms["loss"] = loss
+    return terms
+
+
+def kd_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    criterion: nn.Module,
+    teacher_target: torch.Tensor | None = None,
+    distillation: str = "hard",
+    tau: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Loss terms of a one-head student: `cls` (the labels) and, with a teacher, `dist`; `loss` their mean."""
+    terms = {"cls": criterion(logits.float(), target)}
+    if teacher_target is None:
+        terms["loss"] = terms["cls"]
+        return terms
+    terms["dist"] = distillation_loss(logits, teacher_target, distillation, tau)
+    terms["loss"] = 0.5 * terms["cls"] + 0.5 * terms["dist"]
     return terms

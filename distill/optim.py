@@ -13,24 +13,26 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from distill.config import TrainConfig
-from distill.models import Aligner, DearKD
+from distill.models import Aligner
 from distill.teacher_features import Pair
 
 
 class Trainable(nn.Module):
     """Student plus aligners: what the optimizer updates and the checkpoint stores."""
 
-    def __init__(self, model: DearKD, aligners: nn.ModuleDict) -> None:
+    def __init__(self, model: nn.Module, aligners: nn.ModuleDict) -> None:
         super().__init__()
         self.model = model
         self.aligners = aligners
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {f"model.{n}" for n in self.model.no_weight_decay()}
+        own = getattr(self.model, "no_weight_decay", None)  # timm's convention; CNNs have none
+        return {f"model.{n}" for n in own()} if callable(own) else set()
 
 
-def make_aligners(pairs: list[Pair], model: DearKD) -> nn.ModuleDict:
+def make_aligners(pairs: list[Pair], model: nn.Module) -> nn.ModuleDict:
+    """One aligner per pair (a DearKD student's; none for other students)."""
     return nn.ModuleDict({p.key: Aligner(model.embed_dim, p.stage.channels, tuple(model.grid_size)) for p in pairs})
 
 

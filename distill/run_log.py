@@ -150,7 +150,7 @@ def summary_line(r: dict[str, Any], epochs: int) -> str:
 def startup_line(cfg: TrainConfig, model: nn.Module, infos: list[Source], steps: int, world_size: int,
                  device: torch.device, lr: float, teacher_name: str | None, pairs: list[Pair]) -> str:
     """What the run trains: the student, the data, the schedule, the processes, the teacher and the aligned pairs."""
-    in_chans, (height, width) = model.patch_embed.proj.in_channels, model.patch_embed.img_size
+    in_chans, height, width = model.pretrained_cfg["input_size"]  # as built (distill.student.fit_data_config)
     sources = " + ".join(f"{i.name} ({i.kind}, {i.n})" for i in infos)
     stored = cfg.soft_labels == "stored"
     return (f"distill: {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import resolve_data_config
+from torch import nn
 
 from dfgen.dataset import DATASET_FILE, read_description
 from distill.config import TrainConfig
@@ -21,10 +23,11 @@ from distill.sources import Source
 from distill.teacher_features import Pair, TeacherFeatures, resolve_pairs, teacher_stages
 
 
-def load_stage1_teacher(cfg: TrainConfig, infos: list[Source], model: DearKD, device: torch.device,
+def load_stage1_teacher(cfg: TrainConfig, infos: list[Source], model: nn.Module, device: torch.device,
                         data_config: dict[str, Any]) -> tuple[TeacherFeatures, list[Pair], str]:
-    """The teacher wrapped for stage 1 (logits and the aligned stage maps), the block/stage pairs of the hidden loss
-    (none when its weight is 0), and the teacher's name."""
+    """The teacher wrapped for stage 1 (logits and the aligned stage maps, the student's batches resized to the
+    teacher's input size), the block/stage pairs of the hidden loss (DearKD students only; none when its weight is
+    0), and the teacher's name (`.kd.model`'s input size is `features.input_size`)."""
     from dfgen.teachers import load_recorded_teacher, load_teacher  # looked up here: tests replace them
 
     name = cfg.teacher
@@ -50,11 +53,17 @@ def load_stage1_teacher(cfg: TrainConfig, infos: list[Source], model: DearKD, de
               file=sys.stderr, flush=True)
     if teacher.num_classes != model.num_classes:
         raise DistillError(f"teacher {name} has {teacher.num_classes} classes, the student {model.num_classes}")
-    in_chans = model.patch_embed.proj.in_channels
+    in_chans = (data_config.get("input_size") or resolve_data_config({}, model=model)["input_size"])[0]
     if teacher.in_chans != in_chans:
         raise DistillError(f"teacher {name} takes {teacher.in_chans}-channel images, the student {in_chans}")
-    stages = teacher_stages(teacher.model, (teacher.in_chans, *model.patch_embed.img_size))
-    pairs = resolve_pairs(cfg.align, model, stages) if cfg.hidden_weight > 0 else []
+    size = tuple(teacher.input_size[1:])
+    pairs = []
+    if cfg.hidden_weight > 0 and isinstance(model, DearKD):  # the hidden loss aligns DearKD's block tokens
+        pairs = resolve_pairs(cfg.align, model, teacher_stages(teacher.model, (teacher.in_chans, *size)))
+    elif cfg.align:
+        raise DistillError(f"--align pairs DearKD blocks with teacher stages; {cfg.model} is not a DearKD student "
+                           "(leave --align out)")
     features = TeacherFeatures(teacher.model, teacher.mean, teacher.std, tuple(data_config["mean"]),
-                               tuple(data_config["std"]), [p.stage.name for p in pairs])
+                               tuple(data_config["std"]), [p.stage.name for p in pairs], input_size=size,
+                               interpolation=teacher.interpolation)
     return features, pairs, name

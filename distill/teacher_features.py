@@ -166,12 +166,17 @@ class TeacherFeatures(nn.Module):
     """Frozen teacher returning `(logits, {stage name: map})` for a batch normalized for the *student*.
 
     Wraps the model in timm's `DistillationTeacher` (eval mode; it re-normalizes the student's input to the
-    teacher's mean/std). Runs without gradients, in bf16 autocast on CUDA; maps come back as float32.
+    teacher's mean/std). With `input_size` (H, W), a batch of another size is resized to it first (the teacher sees
+    the size it was trained at; `interpolation`: "bilinear" or "bicubic", antialiased). Runs without gradients, in
+    bf16 autocast on CUDA; maps come back as float32.
     """
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
-                 student_mean: tuple[float, ...], student_std: tuple[float, ...], stage_names: list[str]) -> None:
+                 student_mean: tuple[float, ...], student_std: tuple[float, ...], stage_names: list[str],
+                 input_size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> None:
         super().__init__()
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.interpolation = "bicubic" if interpolation == "bicubic" else "bilinear"
         device = next(model.parameters()).device
         self.kd = DistillationTeacher(model, device=device)
         # the Teacher's data config is authoritative (torchvision models carry no pretrained_cfg)
@@ -194,6 +199,8 @@ class TeacherFeatures(nn.Module):
         self.kd.eval()
         self._maps.clear()
         x = self.kd.normalize_input(x, self.student_mean, self.student_std)
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode=self.interpolation, align_corners=False, antialias=True)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             logits = self.kd(x)
         maps = {name: self._maps[name].float() for name in self.stage_names}

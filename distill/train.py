@@ -1,8 +1,9 @@
 """`distill.train(config)`: two-stage DearKD training with DDP, checkpoints and exact resume.
 
 Stage 1 (epochs [0, stage1_epochs)): DeiT distillation (hard or soft) from the CNN teacher, online or from the soft
-labels dfgen stored, plus the hidden loss through the aligners (online only). Stage 2: the teacher is dropped and
-freed, both heads learn the labels. One cosine schedule spans both.
+labels dfgen stored, plus the hidden loss through the aligners (online, DearKD students only). Stage 2: the teacher
+is dropped and freed, both heads learn the labels. One cosine schedule spans both. Any other timm model is a student
+too, trained by plain KD (`distill.losses.kd_loss`; `distill.student`).
 
 This module is the run's outline: set up (data, student, teacher, optimization, a resumed checkpoint), then the
 epoch loop (train, evaluate, checkpoint, log). The parts live beside it: `distill.data` / `distill.pipeline` (the
@@ -59,8 +60,9 @@ from distill.engine import EpochContext, StudentForward, train_one_epoch
 from distill.errors import DistillError
 from distill.evaluation import validate
 from distill.identity import run_data_identity
+from distill.input_size import resize_lines, student_input_size
 from distill.losses import PairedMixup, label_criterion
-from distill.models import DearKD, average_attention_distance
+from distill.models import average_attention_distance
 from distill.optim import Optimization, Trainable, build_optimization, make_aligners
 from distill.pipeline import ShardHealth, StreamSettings, train_loader
 from distill.run_log import (
@@ -72,7 +74,8 @@ from distill.run_log import (
     write_config,
     write_metrics,
 )
-from distill.student import create_student
+from distill.student import create_student, default_size, has_distillation_head, is_dearkd
+from distill.student_weights import load_initial_checkpoint, load_pretrained
 from distill.teacher import load_stage1_teacher
 from distill.teacher_features import Pair, pairs_from_json, pairs_to_json
 
@@ -90,7 +93,7 @@ class Run:
     data: RunData
     steps: int  # batches per epoch
     rank_batch: int
-    model: DearKD
+    model: nn.Module  # the bare student (a DearKD or any timm model)
     aligners: nn.ModuleDict
     pairs: list[Pair]
     opt: Optimization
@@ -120,6 +123,9 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]
     env = setup_distributed(cfg.device)
     try:
         cfg = with_absolute_paths(cfg)
+        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in ("pretrained",
+                                                                                         "initial_checkpoint")
+                                          if getattr(cfg, k)})
         # the run directory is refused if anything but a distill run made it, and held by this run until the end
         with hold_folder(Path(cfg.out), RUN_MAKER, env.rank, env.world_size, mark=env.main):
             return _train(cfg, env)
@@ -189,9 +195,13 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     # the student is initialised first after the seed, then the teacher is built, then the aligners: a fresh run's
     # initial weights depend on this order
     seed_everything(cfg.seed)
-    model = create_student(cfg.model, data.num_classes, data.in_chans, cfg.img_size, cfg.drop_path,
-                           cfg.model_kwargs).to(device)
-    model.set_distilled_training(True)
+    size, size_from = student_input_size(cfg.img_size or cfg.model_kwargs.get("img_size"), data.infos,
+                                         default_size(cfg.model, cfg.model_kwargs))
+    model = create_student(cfg.model, data.num_classes, data.in_chans, size, cfg.drop_path, cfg.model_kwargs)
+    notes = _starting_weights(cfg, model) if ckpt is None else []  # a resumed run's weights are its checkpoint's
+    model = model.to(device)
+    if has_distillation_head(model):  # DeiT's two heads: the distillation head learns from the teacher
+        model.set_distilled_training(True)
     data_config = resolve_data_config({}, model=model)
     stage1_left, stored = start_epoch < cfg.stage1_epochs, cfg.soft_labels == "stored"
     teacher, pairs, teacher_name = None, [], None
@@ -221,7 +231,9 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
                        pairs=tuple(pairs), hidden_weight=cfg.hidden_weight, clip_grad=cfg.clip_grad, ema=opt.ema,
                        world_size=env.world_size, health=health, num_sources=len(data.infos))
     t_eval = eval_transform(data_config)
-    probe = probe_images(data.val or data.infos[0], t_eval, data.in_chans, cfg.attn_images) if env.main else None
+    probe = None  # attention distances are DearKD's (MHSA/MHCA layers)
+    if env.main and is_dearkd(model):
+        probe = probe_images(data.val or data.infos[0], t_eval, data.in_chans, cfg.attn_images)
     views = stored and cfg.stored_views and any(i.soft_views for i in data.infos)
     transforms = (train_transform(cfg, data_config), t_eval, view_transform(cfg, data_config) if views else None)
     run = Run(cfg, env, data, steps, rank_batch, model, aligners, pairs, opt, ctx, health, transforms,
@@ -232,6 +244,11 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg)
         env.log(startup_line(cfg, model, data.infos, steps, env.world_size, device, opt.lr, teacher_name, pairs))
+        grid = tuple(model.patch_embed.grid_size) if hasattr(getattr(model, "patch_embed", None), "grid_size") \
+            else None
+        seen = (teacher_name, teacher.input_size) if teacher is not None and teacher.input_size else None
+        for line in [*notes, *resize_lines(size, size_from, data.infos, data.val, seen, grid)]:
+            env.log(line)
 
     # the RNG goes last: nothing between here and the first epoch may draw from it, so a resumed run continues
     # the very same random streams
@@ -245,15 +262,28 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     return run
 
 
-def _wrap_student(model: DearKD, env: DistEnv) -> nn.Module:
+def _starting_weights(cfg: TrainConfig, model: nn.Module) -> list[str]:
+    """--initial-checkpoint, then --pretrained, into a fresh student; the lines that say so."""
+    lines = []
+    if cfg.initial_checkpoint:
+        load_initial_checkpoint(model, cfg.initial_checkpoint)
+        lines.append(f"student weights from --initial-checkpoint {cfg.initial_checkpoint}")
+    if cfg.pretrained:
+        adapted = load_pretrained(model, cfg.pretrained)
+        lines.append(f"student weights from --pretrained {cfg.pretrained}" + (f" ({', '.join(adapted)})"
+                                                                              if adapted else ""))
+    return lines
+
+
+def _wrap_student(model: nn.Module, env: DistEnv) -> nn.Module:
     """The student as the training step calls it: one forward for logits and block tokens, under DDP if several
-    ranks (no BatchNorm in the student, and its relative-position buffers are the same on every rank, hence no
-    buffer broadcast)."""
+    ranks (a DearKD student has no BatchNorm and the same relative-position buffers on every rank, hence no buffer
+    broadcast; other students get DDP's default, rank 0's BatchNorm statistics)."""
     student: nn.Module = StudentForward(model)
     if env.world_size > 1:
         device = env.device
         student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
+                                          broadcast_buffers=not is_dearkd(model))
     return student
 
 
@@ -343,8 +373,9 @@ def _skipped_line(skipped: set[str]) -> str | None:
 def _checkpoint_state(run: Run, record: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
     """last.pt: what resuming needs (plain tensors, numbers and JSON strings, so weights_only loading reads it)."""
     cfg, data = run.cfg, run.data
+    size = run.model.pretrained_cfg["input_size"][1:]  # the size the student was built for (distill.student)
     model_args = {"name": cfg.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
-                  "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs}
+                  "img_size": list(size), "model_kwargs": cfg.model_kwargs}
     return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_json(),

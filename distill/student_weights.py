@@ -1,0 +1,85 @@
+"""A student's starting weights from local files, as timm's train.py means its options:
+
+- `--pretrained FILE`: weights to fine-tune from, adapted to the student as timm adapts its pretrained weights: the
+  model's own checkpoint filter (e.g. a vision transformer's position embedding resampled to the new patch grid),
+  the first convolution summed or repeated to the student's channel count, and a classifier of another class count
+  left at its fresh initialisation. Everything else must fit.
+- `--initial-checkpoint FILE`: a checkpoint of this very student (same architecture, classes and size), loaded as
+  is.
+
+Both read the file with `torch.load(weights_only=True)` through timm's reader: a plain state dict, or the one under
+`state_dict_ema` / `model_ema` (preferred, as timm's `load_checkpoint` does), `state_dict` or `model` (a distill
+checkpoint); `module.` prefixes of DDP are dropped. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models import load_state_dict
+from timm.models._manipulate import adapt_input_conv
+from torch import nn
+
+from distill.checkpoint import load_weights
+from distill.errors import DistillError
+
+
+def read_state_dict(path: str | Path, what: str) -> dict[str, Any]:
+    """The weights a file holds (see the module's docstring), read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"{what} file {path} not found")
+    try:
+        state = load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for files that are not (safe) checkpoints
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DistillError(f"{what} file {path} does not load with weights_only=True ({first}); give a state dict or "
+                           "a checkpoint saved with torch.save") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DistillError(f"{what} file {path} holds no mapping of parameter names to tensors")
+    return state
+
+
+def load_initial_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Start from a checkpoint of the same student: every weight must fit."""
+    load_weights(model, read_state_dict(path, "--initial-checkpoint"), f"the weights in {path}")
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Start from pretrained weights adapted to the student; returns what was adapted, one phrase each."""
+    state = read_state_dict(path, "--pretrained")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    adapted = []
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        try:  # timm's filters turn other layouts of the model's weights into its own, and resample to its size
+            state = filter_fn(state, model)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise DistillError(f"--pretrained {path}: the weights do not convert to {type(model).__name__} "
+                               f"({first})") from None
+    own = model.state_dict()
+    for conv in _names(cfg.get("first_conv")):
+        key = f"{conv}.weight"
+        weight = state.get(key)
+        if weight is not None and key in own and weight.ndim == 4 and weight.shape[1] != own[key].shape[1]:
+            state[key] = adapt_input_conv(own[key].shape[1], weight, base_chans=weight.shape[1])
+            adapted.append(f"{conv} from {weight.shape[1]} to {own[key].shape[1]} channels")
+    for head in _names(cfg.get("classifier")):
+        keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in own]
+        if any(k in state and state[k].shape != own[k].shape for k in keys):
+            classes = state[keys[0]].shape[0] if keys[0] in state else "?"
+            for key in keys:  # the fresh classifier of the student's classes
+                state[key] = own[key]
+            adapted.append(f"{head} newly initialised ({classes} -> {own[keys[0]].shape[0]} classes)")
+    load_weights(model, state, f"the --pretrained weights in {path}")
+    return adapted
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
