@@ -1,21 +1,31 @@
 """The DearKD student on timm's distilled ViT: checkpoints of the pre-timm model load, and what timm brings works
-with MHCA (gradient checkpointing, resizing, layer-wise groups, intermediates)."""
+with MHCA (gradient checkpointing, resizing, layer-wise groups, intermediates). Any other timm model as a student:
+plain KD through the real training path, input sizes and the resizes said at start-up, --pretrained and
+--initial-checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 
-import distill  # noqa: F401  (registers the timm models)
+from distill import DistillError, build_config, evaluate_checkpoint, train
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.input_size import student_input_size
 from distill.models import MHCA, DearKD
+from distill.sources import open_source
+from distill.student import create_student, default_size
+from distill.student_weights import load_initial_checkpoint, load_pretrained
+from distill.teacher_features import TeacherFeatures
 
 PRE_TIMM = Path(__file__).parent / "data" / "student_pre_timm.pt"
+DIGITS_PRESET = Path(__file__).resolve().parents[1] / "configs" / "distill_digits.yaml"
 
 
 def _micro(**kwargs) -> DearKD:
@@ -100,3 +110,141 @@ def test_layer_decay_groups_and_intermediates_come_from_timm() -> None:
         _, tokens = model.forward_with_tokens(x, [1])
     assert [m.shape for m in maps] == [(2, 96, 8, 8)] * 2
     torch.testing.assert_close(maps[0].flatten(2).transpose(1, 2), tokens[1])
+
+
+# ------------------------------------------------------------------------------------ any timm model as a student
+TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}  # resnet10t's layout at a test's size
+
+
+def _tiny_run(digits, out, **overrides):
+    settings = dict(shards=[str(digits / "train")], val=str(digits / "test"), out=str(out), epochs=2,
+                    stage1_epochs=1, batch_size=16, warmup_epochs=1, device="cpu", workers=0, quiet=True,
+                    attn_images=8, shuffle_buffer=32, model="resnet10t", model_kwargs=TINY_RESNET)
+    settings.update(overrides)
+    return build_config(DIGITS_PRESET, **settings)
+
+
+def test_a_cnn_student_learns_by_plain_kd_and_its_checkpoint_evaluates_as_logged(digits, tmp_path, capsys):
+    out = tmp_path / "cnn"
+    train(_tiny_run(digits, out))
+    err = capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # stage 1: labels and the teacher on the one head; stage 2: the labels alone; no DearKD term
+    assert {"loss_cls", "loss_dist"} <= set(records[0]) and "loss_hidden" not in records[0]
+    assert records[0]["loss"] == pytest.approx(0.5 * records[0]["loss_cls"] + 0.5 * records[0]["loss_dist"])
+    assert "loss_dist" not in records[1] and records[1]["loss"] == records[1]["loss_cls"]
+    assert all("attn_distance" not in r for r in records)
+    assert "resnet10t (0.08M params, 1x32x32, 10 classes)" in err
+    assert f"student input 32x32 px (the size of {digits / 'train'}'s images)" in err and "resize:" not in err
+    ckpt = load_checkpoint(out / "last.pt")
+    assert json.loads(ckpt["model_args"])["img_size"] == [32, 32]
+    result = evaluate_checkpoint(out / "last.pt", digits / "test", device="cpu", batch_size=16)
+    assert result["n"] == 32 and result["top1"] == pytest.approx(records[-1]["val_top1"])
+
+
+def test_a_distilled_deit_learns_from_the_teacher_on_its_distillation_head(digits, tmp_path, capsys):
+    out = tmp_path / "deit"
+    train(_tiny_run(digits, out, model="deit_tiny_distilled_patch16_224", model_kwargs={"depth": 1}, img_size=48,
+                    epochs=1))
+    err = capsys.readouterr().err
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert {"loss_cls", "loss_dist"} <= set(record) and "loss_hidden" not in record
+    # every resize of the student's or the teacher's inputs is said at start-up
+    assert "student input 48x48 px (--img-size)" in err
+    assert f"resize: training images of {digits / 'train'} are 32x32, resized to 48x48 for the student" in err
+    assert f"resize: validation images of {digits / 'test'} are 32x32, resized to 48x48 for the student" in err
+    assert "resize: the teacher digits takes 32x32: the student's 48x48 batches are resized to 32x32 for it" in err
+    assert "note: at 48x48 px the student has a 3x3 patch grid" in err
+    student = model_from_checkpoint(load_checkpoint(out / "last.pt"))
+    assert student.patch_embed.img_size == (48, 48) and student.head_dist.out_features == 10
+
+
+def test_the_default_student_takes_the_datas_size(digits):
+    # 32 px shards and no --model: a 32 px DearKD-Ti, not a 224 px one fed upsampled images
+    sources = [open_source(digits / "train")]
+    assert student_input_size(None, sources, default_size("dearkd_tiny_patch16_224")) == \
+        ((32, 32), f"the size of {digits / 'train'}'s images")
+    assert student_input_size(224, sources, (32, 32)) == ((224, 224), "--img-size")
+    model = create_student("dearkd_tiny_patch16_224", 10, 1, (32, 32), 0.0)
+    assert model.patch_embed.img_size == (32, 32)
+    config = resolve_data_config({}, model=model)
+    assert config["input_size"] == (1, 32, 32) and config["crop_pct"] == 1.0 and len(config["mean"]) == 1
+
+
+def test_the_teacher_sees_its_own_size(digits_teacher):
+    features = TeacherFeatures(digits_teacher.model, digits_teacher.mean, digits_teacher.std, (0.5,), (0.5,), [],
+                               input_size=(32, 32))
+    small = torch.rand(2, 1, 32, 32)
+    large = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
+    back = F.interpolate(large, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(features(large)[0], features(back)[0])
+
+
+def test_unknown_student_names_and_dearkd_only_options_are_one_line_errors(digits, tmp_path):
+    with pytest.raises(DistillError, match=r"^unknown student model 'resnet_18'; did you mean resnet18") as info:
+        create_student("resnet_18", 10, 1, 32, 0.0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DistillError, match="--align pairs DearKD blocks .* resnet10t is not a DearKD student"):
+        train(_tiny_run(digits, tmp_path / "align", align="1:stage3"))
+
+
+def _saved(model: torch.nn.Module, path: Path, **extra) -> Path:
+    torch.save({"state_dict": model.state_dict(), **extra}, path)
+    return path
+
+
+def test_initial_checkpoint_loads_exactly_and_refuses_another_student(tmp_path):
+    source = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "last.pt")  # a distill checkpoint's layout
+    torch.manual_seed(1)
+    target = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
+    load_initial_checkpoint(target, tmp_path / "last.pt")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    other = create_student("resnet10t", 7, 1, 32, 0.0, TINY_RESNET)
+    with pytest.raises(DistillError, match=r"do not fit the student .* wrong shape fc.bias \(10 stored, 7 expected\)"):
+        load_initial_checkpoint(other, tmp_path / "last.pt")
+    (tmp_path / "code.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DistillError, match="does not load with weights_only=True"):
+        load_initial_checkpoint(other, tmp_path / "code.pt")
+
+
+def test_pretrained_weights_are_adapted_to_the_students_channels_classes_and_size(tmp_path):
+    torch.manual_seed(0)
+    rgb = create_student("resnet10t", 5, 3, None, 0.0, TINY_RESNET)
+    student = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
+    fresh_fc = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("fc.")}
+    adapted = load_pretrained(student, _saved(rgb, tmp_path / "rgb.pt"))
+    assert adapted == ["conv1.0 from 3 to 1 channels", "fc newly initialised (5 -> 10 classes)"]
+    state, source = student.state_dict(), rgb.state_dict()
+    torch.testing.assert_close(state["conv1.0.weight"], source["conv1.0.weight"].sum(dim=1, keepdim=True))
+    for key, value in source.items():
+        if key.startswith("fc."):
+            assert torch.equal(state[key], fresh_fc[key]), key
+        elif key != "conv1.0.weight":
+            assert torch.equal(state[key], value), key
+    # a vision transformer at 224 px into a 32 px student: the position embedding is resampled to the 2x2 grid
+    vit = create_student("deit_tiny_patch16_224", 10, 3, None, 0.0, {"depth": 1})
+    small = create_student("deit_tiny_patch16_224", 10, 3, 32, 0.0, {"depth": 1})
+    assert load_pretrained(small, _saved(vit, tmp_path / "vit.pt")) == []
+    assert small.pos_embed.shape == (1, 1 + 4, 192)
+    for key, value in vit.state_dict().items():
+        if key != "pos_embed":
+            assert torch.equal(small.state_dict()[key], value), key
+    # timm's reader prefers the EMA weights a checkpoint holds
+    ema = create_student("deit_tiny_patch16_224", 10, 3, None, 0.0, {"depth": 1})
+    same = create_student("deit_tiny_patch16_224", 10, 3, None, 0.0, {"depth": 1})
+    load_pretrained(same, _saved(vit, tmp_path / "vit_ema.pt", state_dict_ema=ema.state_dict()))
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in ema.state_dict().items())
+    assert not torch.equal(ema.pos_embed, vit.pos_embed)
+
+
+def test_pretrained_and_initial_checkpoint_reach_the_run(digits, tmp_path, capsys):
+    rgb = create_student("resnet10t", 5, 3, None, 0.0, TINY_RESNET)
+    weights = _saved(rgb, tmp_path / "rgb.pt")
+    with pytest.raises(DistillError, match="--initial-checkpoint file .*missing.pt not found"):
+        train(_tiny_run(digits, tmp_path / "a", initial_checkpoint=str(tmp_path / "missing.pt")))
+    train(_tiny_run(digits, tmp_path / "b", pretrained=str(weights), epochs=1, stage1_epochs=1))
+    err = capsys.readouterr().err
+    assert (f"student weights from --pretrained {weights} (conv1.0 from 3 to 1 channels, fc newly initialised "
+            "(5 -> 10 classes))") in err
