@@ -1,5 +1,6 @@
-"""One training epoch (DeiT's engine, a flat loop): the student's forward, the DearKD loss, the optimizer step, the
-schedule and EMA updates, and the epoch's loss terms summed over ranks. Evaluation is `distill.evaluation`."""
+"""One training epoch (DeiT's engine, a flat loop): the student's forward, its loss (DearKD's or plain KD), the
+optimizer step, the schedule and EMA updates, and the epoch's loss terms summed over ranks. Evaluation is
+`distill.evaluation`."""
 
 from __future__ import annotations
 
