@@ -62,8 +62,7 @@ def _build(name: str, kwargs: dict[str, Any], model_kwargs: dict[str, Any]) -> n
                             and k not in model_kwargs), None)
             if dropped is None:
                 first = text.splitlines()[0][:160] if text else type(exc).__name__
-                raise DistillError(f"{name} cannot be built with {sorted(model_kwargs) or 'these settings'} ({first})"
-                                   "; check model_kwargs") from None
+                raise DistillError(f"model_kwargs {model_kwargs}: {name} does not take them ({first})") from None
             if dropped == "drop_path_rate" and kwargs[dropped]:
                 print(f"note: {name} has no stochastic depth: drop_path {kwargs[dropped]:g} is not used",
                       file=sys.stderr, flush=True)

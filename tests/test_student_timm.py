@@ -248,3 +248,20 @@ def test_pretrained_and_initial_checkpoint_reach_the_run(digits, tmp_path, capsy
     err = capsys.readouterr().err
     assert (f"student weights from --pretrained {weights} (conv1.0 from 3 to 1 channels, fc newly initialised "
             "(5 -> 10 classes))") in err
+
+
+def test_an_image_folder_sets_the_size_only_where_its_images_share_a_small_one(tmp_path):
+    from PIL import Image
+
+    def folder(name, sizes):
+        for i, (w, h) in enumerate(sizes):
+            (tmp_path / name / str(i % 2)).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (w, h)).save(tmp_path / name / str(i % 2) / f"{i}.png")
+        return [open_source(tmp_path / name)]
+
+    assert student_input_size(None, folder("small", [(24, 20)] * 6), (224, 224)) == \
+        ((20, 24), f"the size of {tmp_path / 'small'}'s images")
+    assert student_input_size(None, folder("photos", [(40, 30), (30, 40)] * 3), (224, 224)) == \
+        ((224, 224), f"the model's default; {tmp_path / 'photos'}'s images differ in size")
+    assert student_input_size(None, folder("large", [(64, 64)] * 4), (32, 32)) == \
+        ((32, 32), f"the model's default; {tmp_path / 'large'}'s images (64x64) are larger")
