@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 
 import webdataset as wds
 from PIL import Image
@@ -39,6 +40,18 @@ def student_input_size(img_size: int | None, infos: list[Source], default: Size)
             return size, f"the size of {_name(info)}'s images"
         return default, f"the model's default; {_name(info)}'s images ({_fmt(size)}) are larger"
     return default, "the model's default"
+
+
+def resumed_size(model_args: str | None, default: Size) -> Size:
+    """The size a checkpoint's student was built at (its model_args JSON); a run from before the size followed the
+    data recorded none or only --img-size: the model's default then."""
+    try:
+        built = json.loads(model_args or "{}").get("img_size")
+    except (ValueError, AttributeError):
+        return default
+    if isinstance(built, list) and len(built) == 2:
+        return int(built[0]), int(built[1])
+    return (int(built), int(built)) if isinstance(built, int) else default
 
 
 def sampled_sizes(info: Source, count: int = 8) -> set[Size]:

@@ -60,7 +60,7 @@ from distill.engine import EpochContext, StudentForward, train_one_epoch
 from distill.errors import DistillError
 from distill.evaluation import validate
 from distill.identity import run_data_identity
-from distill.input_size import resize_lines, student_input_size
+from distill.input_size import resize_lines, resumed_size, student_input_size
 from distill.losses import PairedMixup, label_criterion
 from distill.models import average_attention_distance
 from distill.optim import Optimization, Trainable, build_optimization, make_aligners
@@ -122,10 +122,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]
     cfg = dataclasses.replace(config, **overrides) if config is not None else build_config(**overrides)
     env = setup_distributed(cfg.device)
     try:
-        cfg = with_absolute_paths(cfg)
-        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in ("pretrained",
-                                                                                         "initial_checkpoint")
-                                          if getattr(cfg, k)})
+        cfg = _absolute_weight_paths(with_absolute_paths(cfg))
         # the run directory is refused if anything but a distill run made it, and held by this run until the end
         with hold_folder(Path(cfg.out), RUN_MAKER, env.rank, env.world_size, mark=env.main):
             return _train(cfg, env)
@@ -197,6 +194,8 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     seed_everything(cfg.seed)
     size, size_from = student_input_size(cfg.img_size or cfg.model_kwargs.get("img_size"), data.infos,
                                          default_size(cfg.model, cfg.model_kwargs))
+    if ckpt is not None:
+        size, size_from = resumed_size(ckpt.get("model_args"), default_size(cfg.model)), "the resumed run's"
     model = create_student(cfg.model, data.num_classes, data.in_chans, size, cfg.drop_path, cfg.model_kwargs)
     notes = _starting_weights(cfg, model) if ckpt is None else []  # a resumed run's weights are its checkpoint's
     model = model.to(device)
@@ -246,8 +245,8 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
         env.log(startup_line(cfg, model, data.infos, steps, env.world_size, device, opt.lr, teacher_name, pairs))
         grid = tuple(model.patch_embed.grid_size) if hasattr(getattr(model, "patch_embed", None), "grid_size") \
             else None
-        seen = (teacher_name, teacher.input_size) if teacher is not None and teacher.input_size else None
-        for line in [*notes, *resize_lines(size, size_from, data.infos, data.val, seen, grid)]:
+        teacher_size = (teacher_name, teacher.input_size) if teacher is not None and teacher.input_size else None
+        for line in [*notes, *resize_lines(size, size_from, data.infos, data.val, teacher_size, grid)]:
             env.log(line)
 
     # the RNG goes last: nothing between here and the first epoch may draw from it, so a resumed run continues
@@ -262,16 +261,23 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     return run
 
 
+def _absolute_weight_paths(cfg: TrainConfig) -> TrainConfig:
+    """--pretrained and --initial-checkpoint as absolute paths, so --resume compares them whatever the cwd."""
+    paths = {k: str(Path(v).resolve()) for k in ("pretrained", "initial_checkpoint") if (v := getattr(cfg, k))}
+    return dataclasses.replace(cfg, **paths)
+
+
 def _starting_weights(cfg: TrainConfig, model: nn.Module) -> list[str]:
-    """--initial-checkpoint, then --pretrained, into a fresh student; the lines that say so."""
+    """--pretrained, then --initial-checkpoint (which wins where both are given, as in timm's train.py), into a
+    fresh student; the lines that say so."""
     lines = []
-    if cfg.initial_checkpoint:
-        load_initial_checkpoint(model, cfg.initial_checkpoint)
-        lines.append(f"student weights from --initial-checkpoint {cfg.initial_checkpoint}")
     if cfg.pretrained:
         adapted = load_pretrained(model, cfg.pretrained)
         lines.append(f"student weights from --pretrained {cfg.pretrained}" + (f" ({', '.join(adapted)})"
                                                                               if adapted else ""))
+    if cfg.initial_checkpoint:
+        load_initial_checkpoint(model, cfg.initial_checkpoint)
+        lines.append(f"student weights from --initial-checkpoint {cfg.initial_checkpoint}")
     return lines
 
 

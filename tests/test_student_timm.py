@@ -17,7 +17,7 @@ from timm.optim import create_optimizer_v2
 
 from distill import DistillError, build_config, evaluate_checkpoint, train
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
-from distill.input_size import student_input_size
+from distill.input_size import resumed_size, student_input_size
 from distill.models import MHCA, DearKD
 from distill.sources import open_source
 from distill.student import create_student, default_size
@@ -140,6 +140,21 @@ def test_a_cnn_student_learns_by_plain_kd_and_its_checkpoint_evaluates_as_logged
     assert json.loads(ckpt["model_args"])["img_size"] == [32, 32]
     result = evaluate_checkpoint(out / "last.pt", digits / "test", device="cpu", batch_size=16)
     assert result["n"] == 32 and result["top1"] == pytest.approx(records[-1]["val_top1"])
+    # stopped after one epoch and resumed: the same run, BatchNorm statistics included
+    again = tmp_path / "again"
+    train(_tiny_run(digits, again, stop_after=1))
+    train(_tiny_run(digits, again, resume=True))
+    resumed = load_checkpoint(again / "last.pt")
+    for key, value in ckpt["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert "student input 32x32 px (the resumed run's)" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_size_it_was_built_at():
+    assert resumed_size(json.dumps({"img_size": [32, 24]}), (224, 224)) == (32, 24)
+    assert resumed_size(json.dumps({"img_size": 28}), (32, 32)) == (28, 28)
+    # before the size followed the data, a run without --img-size recorded none and was built at the default
+    assert resumed_size(json.dumps({"img_size": None}), (224, 224)) == (224, 224)
 
 
 def test_a_distilled_deit_learns_from_the_teacher_on_its_distillation_head(digits, tmp_path, capsys):
