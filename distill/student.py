@@ -42,6 +42,11 @@ def create_student(name: str, num_classes: int, in_chans: int, img_size: int | S
     if size is not None:
         kwargs["img_size"] = size
     model = _build(name, kwargs, model_kwargs or {})
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None and min(grid) < 1:
+        patch = tuple(model.patch_embed.patch_size)
+        raise DistillError(f"{name} at {size[0]}x{size[1]} px has no patch ({patch[0]}x{patch[1]} px patches); give "
+                           f"--img-size {max(patch)} or more")
     fit_data_config(model, in_chans, size)
     if size is not None and size != default_size(name):
         # built for a size other than its registered one (e.g. the data's 32 px): evaluation takes the whole image

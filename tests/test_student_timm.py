@@ -280,3 +280,25 @@ def test_an_image_folder_sets_the_size_only_where_its_images_share_a_small_one(t
         ((224, 224), f"the model's default; {tmp_path / 'photos'}'s images differ in size")
     assert student_input_size(None, folder("large", [(64, 64)] * 4), (32, 32)) == \
         ((32, 32), f"the model's default; {tmp_path / 'large'}'s images (64x64) are larger")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "resnet_18"], r"^Error: unknown student model 'resnet_18'; did you mean resnet18"),
+    (["--model", "resnet10t", "--initial-checkpoint", "{tmp}/none.pt"],
+     r"^Error: --initial-checkpoint file .* not found"),
+    (["--model", "resnet10t", "--pretrained", "{tmp}/none.pt"], r"^Error: --pretrained file .* not found"),
+    (["--model", "deit_tiny_patch16_224", "--img-size", "8"],
+     r"^Error: deit_tiny_patch16_224 at 8x8 px has no patch \(16x16 px patches\); give --img-size 16 or more"),
+    (["--model", "resnet10t", "--model-kwargs", "heads=3"],
+     r"^Error: model_kwargs \{'heads': 3\}: resnet10t does not take them"),
+])
+def test_the_student_options_on_the_command_line_fail_in_one_line(digits, tmp_path, capsys, args, message):
+    import re
+
+    from distill.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--shards", str(digits / "train"), "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet",
+              *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
