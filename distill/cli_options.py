@@ -44,10 +44,11 @@ HELP: dict[str, str] = {
     "val_labels": '"FILE LABEL" lines (or LOC_val_solution.csv) for a flat --val.',
     "image_key": "Plain WebDataset shards: the image's extension [png/jpg/jpeg/webp].",
     "label_key": "Plain WebDataset shards: the label's extension.",
-    "model": "Student model name (a registered student).",
+    "model": "Student: a DearKD model (dearkd_tiny_patch16_224, ..., dearkd_micro_patch4_32) or any timm model "
+             "(resnet18, deit_tiny_patch16_224, ...: plain KD).",
     "num_classes": "Classes [from dataset.json].",
     "in_chans": "Input channels [from dataset.json].",
-    "img_size": "Student input size [the model's].",
+    "img_size": "Student input size [the training data's].",
     "drop_path": "Stochastic depth rate.",
     "model_kwargs": "More student arguments, e.g. prefix_logit=false; repeat for several.",
     "teacher": "Teacher for stage 1: a name, or a dfgen dataset directory whose recorded teacher to use [the one "
@@ -106,6 +107,9 @@ HELP: dict[str, str] = {
     "resume": "Continue the run in --out exactly where it stopped.",
     "quiet": "No progress bars; one line per epoch.",
     "stop_after": "Leave after N epochs of this invocation.",
+    "pretrained": "Local weights file to fine-tune from, adapted to the student (classifier, channels, position "
+                  "embedding) [random weights].",
+    "initial_checkpoint": "Checkpoint of this very student to start from (EMA weights where it holds them).",
 }
 
 
