@@ -7,9 +7,10 @@
 - `--initial-checkpoint FILE`: a checkpoint of this very student (same architecture, classes and size), loaded as
   is.
 
-Both read the file with `torch.load(weights_only=True)` through timm's reader: a plain state dict, or the one under
-`state_dict_ema` / `model_ema` (preferred, as timm's `load_checkpoint` does), `state_dict` or `model` (a distill
-checkpoint); `module.` prefixes of DDP are dropped. Nothing is downloaded.
+Both read the file with `torch.load(weights_only=True)` as timm's `load_checkpoint` reads one: a plain state dict,
+or the one under `state_dict_ema` / `model_ema` (preferred where present), `state_dict` or `model` (a distill
+checkpoint), or a .safetensors file; the `module.` / `_orig_mod.` prefixes of DDP and torch.compile are dropped.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models import load_state_dict
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv
 from torch import nn
 
 from distill.checkpoint import load_weights
@@ -33,11 +33,23 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise DistillError(f"{what} file {path} not found")
     try:
-        state = load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # tensors only by design (timm installs safetensors)
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path), device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for files that are not (safe) checkpoints
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise DistillError(f"{what} file {path} does not load with weights_only=True ({first}); give a state dict or "
                            "a checkpoint saved with torch.save") from None
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        key = next((k for k in ("state_dict_ema", "model_ema", "state_dict", "model")
+                    if isinstance(checkpoint.get(k), dict)), None)
+        state = checkpoint[key] if key else checkpoint
+    if isinstance(state, dict):
+        state = {_unwrapped(k): v for k, v in state.items()}
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DistillError(f"{what} file {path} holds no mapping of parameter names to tensors")
     return state
@@ -77,6 +89,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
             adapted.append(f"{head} newly initialised ({classes} -> {own[keys[0]].shape[0]} classes)")
     load_weights(model, state, f"the --pretrained weights in {path}")
     return adapted
+
+
+def _unwrapped(key: Any) -> Any:
+    """A parameter name without the prefixes DDP and torch.compile add."""
+    while isinstance(key, str) and key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def _names(value: Any) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 
@@ -211,11 +212,13 @@ def _saved(model: torch.nn.Module, path: Path, **extra) -> Path:
 def test_initial_checkpoint_loads_exactly_and_refuses_another_student(tmp_path):
     source = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "last.pt")  # a distill checkpoint's layout
-    torch.manual_seed(1)
-    target = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
-    load_initial_checkpoint(target, tmp_path / "last.pt")
-    for key, value in source.state_dict().items():
-        assert torch.equal(target.state_dict()[key], value), key
+    save_file({f"module.{k}": v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "ddp.safetensors")
+    for path in (tmp_path / "last.pt", tmp_path / "ddp.safetensors"):
+        torch.manual_seed(1)
+        target = create_student("resnet10t", 10, 1, 32, 0.0, TINY_RESNET)
+        load_initial_checkpoint(target, path)
+        for key, value in source.state_dict().items():
+            assert torch.equal(target.state_dict()[key], value), (path.name, key)
     other = create_student("resnet10t", 7, 1, 32, 0.0, TINY_RESNET)
     with pytest.raises(DistillError, match=r"do not fit the student .* wrong shape fc.bias \(10 stored, 7 expected\)"):
         load_initial_checkpoint(other, tmp_path / "last.pt")
