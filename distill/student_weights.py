@@ -15,6 +15,7 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from distill.checkpoint import load_weights
+from distill.config import TrainConfig
 from distill.errors import DistillError
 
 
@@ -53,6 +55,26 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DistillError(f"{what} file {path} holds no mapping of parameter names to tensors")
     return state
+
+
+def absolute_weight_paths(cfg: TrainConfig) -> TrainConfig:
+    """--pretrained and --initial-checkpoint as absolute paths, so --resume compares them whatever the cwd."""
+    paths = {k: str(Path(v).resolve()) for k in ("pretrained", "initial_checkpoint") if (v := getattr(cfg, k))}
+    return dataclasses.replace(cfg, **paths)
+
+
+def starting_weights(cfg: TrainConfig, model: nn.Module) -> list[str]:
+    """--pretrained, then --initial-checkpoint (which wins where both are given, as in timm's train.py), into a
+    fresh student; the lines that say so."""
+    lines = []
+    if cfg.pretrained:
+        adapted = load_pretrained(model, cfg.pretrained)
+        lines.append(f"student weights from --pretrained {cfg.pretrained}" + (f" ({', '.join(adapted)})"
+                                                                              if adapted else ""))
+    if cfg.initial_checkpoint:
+        load_initial_checkpoint(model, cfg.initial_checkpoint)
+        lines.append(f"student weights from --initial-checkpoint {cfg.initial_checkpoint}")
+    return lines
 
 
 def load_initial_checkpoint(model: nn.Module, path: str | Path) -> None:

@@ -75,7 +75,7 @@ from distill.run_log import (
     write_metrics,
 )
 from distill.student import create_student, default_size, has_distillation_head, is_dearkd
-from distill.student_weights import load_initial_checkpoint, load_pretrained
+from distill.student_weights import absolute_weight_paths, starting_weights
 from distill.teacher import load_stage1_teacher
 from distill.teacher_features import Pair, pairs_from_json, pairs_to_json
 
@@ -122,7 +122,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> dict[str, Any]
     cfg = dataclasses.replace(config, **overrides) if config is not None else build_config(**overrides)
     env = setup_distributed(cfg.device)
     try:
-        cfg = _absolute_weight_paths(with_absolute_paths(cfg))
+        cfg = absolute_weight_paths(with_absolute_paths(cfg))
         # the run directory is refused if anything but a distill run made it, and held by this run until the end
         with hold_folder(Path(cfg.out), RUN_MAKER, env.rank, env.world_size, mark=env.main):
             return _train(cfg, env)
@@ -197,7 +197,7 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
     if ckpt is not None:
         size, size_from = resumed_size(ckpt.get("model_args"), default_size(cfg.model)), "the resumed run's"
     model = create_student(cfg.model, data.num_classes, data.in_chans, size, cfg.drop_path, cfg.model_kwargs)
-    notes = _starting_weights(cfg, model) if ckpt is None else []  # a resumed run's weights are its checkpoint's
+    notes = starting_weights(cfg, model) if ckpt is None else []  # a resumed run's weights are its checkpoint's
     model = model.to(device)
     if has_distillation_head(model):  # DeiT's two heads: the distillation head learns from the teacher
         model.set_distilled_training(True)
@@ -259,26 +259,6 @@ def _set_up(cfg: TrainConfig, env: DistEnv) -> Run:
                     "streams are reseeded, so the result differs from an uninterrupted run")
         seed_everything(cfg.seed * 1000 + env.rank + 7919 * start_epoch)
     return run
-
-
-def _absolute_weight_paths(cfg: TrainConfig) -> TrainConfig:
-    """--pretrained and --initial-checkpoint as absolute paths, so --resume compares them whatever the cwd."""
-    paths = {k: str(Path(v).resolve()) for k in ("pretrained", "initial_checkpoint") if (v := getattr(cfg, k))}
-    return dataclasses.replace(cfg, **paths)
-
-
-def _starting_weights(cfg: TrainConfig, model: nn.Module) -> list[str]:
-    """--pretrained, then --initial-checkpoint (which wins where both are given, as in timm's train.py), into a
-    fresh student; the lines that say so."""
-    lines = []
-    if cfg.pretrained:
-        adapted = load_pretrained(model, cfg.pretrained)
-        lines.append(f"student weights from --pretrained {cfg.pretrained}" + (f" ({', '.join(adapted)})"
-                                                                              if adapted else ""))
-    if cfg.initial_checkpoint:
-        load_initial_checkpoint(model, cfg.initial_checkpoint)
-        lines.append(f"student weights from --initial-checkpoint {cfg.initial_checkpoint}")
-    return lines
 
 
 def _wrap_student(model: nn.Module, env: DistEnv) -> nn.Module:
