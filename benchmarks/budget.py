@@ -38,7 +38,7 @@ from benchmarks.jobs import Jobs, print_result
 from benchmarks.phases import NETS, cached
 from benchmarks.published import SETTINGS, export_job, kd_job, train_teacher_job
 
-DATASET = "mnist"
+DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist", "fashion-mnist": "fashion-mnist"}  # --dataset: its key
 POINTS = ["pixels", "gen-k5-w8", "gen-k10-w8", "gen-k20-w8", "gen-k30-w8", "gen-k10-w4", "gen-k10-w16"]
 SIZES = {  # synthetic images per point, LeNet-5-half's KD steps (published.py's budgets at these sizes)
     "toy": {"n": 40, "kd_steps": 2, "limit": 300, "teacher_epochs": 1},
@@ -71,12 +71,13 @@ def point_overrides(name: str) -> dict[str, Any]:
     return overrides
 
 
-def synthesize_job(out: Path, teacher: dict[str, Any], n: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def synthesize_job(out: Path, teacher: dict[str, Any], n: int, overrides: dict[str, Any],
+                   dataset: str = "mnist") -> dict[str, Any]:
     """One point's images, with the tool's defaults for this teacher given as the user's own model file."""
     import dfgen
 
     start = time.perf_counter()
-    config = dfgen.build_config(None, teacher=f"{NETS}:{SETTINGS[DATASET]['teacher']}",
+    config = dfgen.build_config(None, teacher=f"{NETS}:{SETTINGS[dataset]['teacher']}",
                                 teacher_weights=teacher["weights"], image_size=28, mean=teacher["mean"],
                                 std=teacher["std"], n=n, out=str(out), quiet=True, **overrides)
     dfgen.synthesize(config)
@@ -96,7 +97,7 @@ def teacher_flops(teacher: dict[str, Any]) -> dict[str, int]:
             "pass": measure_flops(lambda: model(x), backward=True)}
 
 
-def plot(points: dict[str, dict[str, Any]], path: Path, n: int) -> None:
+def plot(points: dict[str, dict[str, Any]], path: Path, n: int, title: str, student: str = "LeNet-5-half") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,8 +110,8 @@ def plot(points: dict[str, dict[str, Any]], path: Path, n: int) -> None:
                     textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("teacher passes per image (forward + backward to the input)")
-    ax.set_ylabel("LeNet-5-half top-1 on real MNIST test (%)")
-    ax.set_title(f"MNIST, LeNet-5-BN teacher, {n:,} synthetic images per point")
+    ax.set_ylabel(f"{student} top-1 on the real test split (%)")
+    ax.set_title(f"{title}, {n:,} synthetic images per point")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -123,18 +124,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n or size["n"]
     kd_steps = args.kd_steps or size["kd_steps"]
     limit = size.get("limit")
+    dataset = DATASETS[args.dataset]
     results = args.out / "results"
-    work = args.out / f"{args.size}-n{n}"
+    # MNIST's files keep their first names (earlier runs' caches); another set's carry its name
+    tag = "" if dataset == "mnist" else f"{dataset}-"
+    first = "" if not limit else f"-first{limit}"
+    work = args.out / f"{tag}{args.size}-n{n}"
     jobs = Jobs(args.jobs, args.threads)
     try:
-        epochs = size.get("teacher_epochs", SETTINGS[DATASET]["teacher_epochs"])
-        teacher = cached(results / ("teacher.json" if not limit else f"teacher-first{limit}.json"), train_teacher_job,
-                         SETTINGS[DATASET]["teacher"], DATASET, epochs, args.out / "teachers", limit)
-        real = cached(results / ("real.json" if not limit else f"real-first{limit}.json"), export_job, DATASET,
-                      args.out / ("real" if not limit else f"real-first{limit}"), limit)
+        epochs = size.get("teacher_epochs", SETTINGS[dataset]["teacher_epochs"])
+        teacher = cached(results / f"{tag}teacher{first}.json", train_teacher_job, SETTINGS[dataset]["teacher"],
+                         dataset, epochs, args.out / "teachers", limit)
+        real = cached(results / f"{tag}real{first}.json", export_job, dataset, args.out / f"{tag}real{first}", limit)
         for name in args.points:  # syntheses first, side by side in the same run: their wall times compare
             jobs.submit(f"syn_{name}", cached, work / "results" / f"syn_{name}.json", synthesize_job, work / name,
-                        teacher, n, point_overrides(name))
+                        teacher, n, point_overrides(name), dataset)
         for name in sorted(args.points, key=lambda p: p.startswith("pixels")):  # the slow pixel set's student last
             path = jobs.result(f"syn_{name}")["path"]
             jobs.submit(f"kd_{name}", cached, work / "results" / f"kd_{name}-{kd_steps}.json", kd_job, teacher, path,
@@ -161,8 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p["passes_vs_pixels"] = round(p["teacher_passes_per_image"] / baseline["teacher_passes_per_image"], 4)
             p["seconds_vs_pixels"] = round(p["synthesis_seconds"] / max(baseline["synthesis_seconds"], 1e-9), 4)
     png = work / "budget.png"
-    plot(points, png, n)
-    return {"benchmark": "budget", "dataset": DATASET, "size": args.size, "n_images": n, "kd_steps": kd_steps,
+    plot(points, png, n, f"{dataset}, {SETTINGS[dataset]['teacher']} teacher")
+    return {"benchmark": "budget", "dataset": dataset, "size": args.size, "n_images": n, "kd_steps": kd_steps,
             "teacher_acc": round(teacher["test_acc"], 4), "teacher_flops": flops, "points": points, "png": str(png),
             "seconds": {**seconds, "total_this_invocation": round(time.perf_counter() - begin)}}
 
@@ -170,6 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/budget"))
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                        help="the teacher's data: its LeNet-5-BN teacher and real splits (published.py) [mnist]")
     size = parser.add_mutually_exclusive_group()
     parser.set_defaults(size="standard")
     for key in SIZES:
