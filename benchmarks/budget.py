@@ -11,7 +11,9 @@ read from dataset.json), total FLOPs per image (the teacher's FLOPs per pass and
 torch's FLOP counter), synthesis wall time, teacher agreement and the student's accuracy. The syntheses run side by
 side in one-thread processes in one run, so their wall times compare as ratios on the same machine.
 
-Points are named: `pixels` (the default schedule) or `pixels-itN` (N iterations per stage of the three-stage schedule);
+Points are named: `pixels` (the default schedule) with optional suffixes `-itN` (N iterations in every stage of the
+default schedule), `-lowN` (N iterations in its low-resolution stages, the last one as it is), `-esX` (early stop of a
+stage at a relative improvement below X per window, `--early-stop`), `-ewN` (its window), `-lrX` (Adam's learning rate);
 `gen-kK-wW` (generator mode, K adaptation steps per batch, width W) with optional suffixes `-lrX` (adaptation
 learning rate), `-mX` (Reptile meta step), `-zX` (latent learning rate), `-wuN` (warm-up steps of a chain's first
 batch), `-cN` (chains), `-bnX` (the BN statistics weight).
@@ -46,28 +48,44 @@ SIZES = {  # synthetic images per point, LeNet-5-half's KD steps (published.py's
     "standard": {"n": 2000, "kd_steps": 7000},
     "full": {"n": 24000, "kd_steps": 12000},
 }
+_PIXEL_KEYS = {"it": ("every_stage", int), "low": ("low_stages", int), "es": ("early_stop", float),
+               "ew": ("early_stop_window", int), "lr": ("lr", float)}
 _GENERATOR_KEYS = {"lr": ("gen_lr", float), "m": ("gen_meta_step", float), "z": ("gen_latent_lr", float),
                    "wu": ("gen_warmup_steps", int), "c": ("gen_chains", int), "bn": ("bn", float)}
 
 
-def point_overrides(name: str) -> dict[str, Any]:
-    """dfgen.build_config overrides of a point's name (see the module's docstring)."""
-    if name == "pixels":
-        return {}
-    match = re.fullmatch(r"pixels-it(\d+)", name)
+def point_overrides(name: str, image_size: int = 28) -> dict[str, Any]:
+    """dfgen.build_config overrides of a point's name (see the module's docstring) for a teacher of `image_size`."""
+    match = re.fullmatch(r"pixels((?:-[a-z]+[0-9.e-]+?)*)", name)
     if match:
-        iterations = int(match.group(1))
-        return {"schedule": f"7:{iterations},14:{iterations},28:{iterations}"}
+        return _settings(name, match.group(1), _PIXEL_KEYS, {}, image_size)
     match = re.fullmatch(r"gen-k(\d+)-w(\d+)((?:-[a-z]+[0-9.e-]+?)*)", name)
     if not match:
-        raise ValueError(f"unknown point {name!r}: pixels, pixels-itN or gen-kK-wW[-lrX][-mX][-zX][-wuN][-cN][-bnX]")
-    overrides: dict[str, Any] = {"mode": "generator", "gen_steps": int(match.group(1)),
-                                 "gen_width": int(match.group(2))}
-    for key, value in re.findall(r"-([a-z]+)([0-9.e]+(?:-[0-9]+)?)", match.group(3)):
-        if key not in _GENERATOR_KEYS:
+        raise ValueError(f"unknown point {name!r}: pixels[-itN][-lowN][-esX][-ewN][-lrX] or "
+                         "gen-kK-wW[-lrX][-mX][-zX][-wuN][-cN][-bnX]")
+    return _settings(name, match.group(3), _GENERATOR_KEYS,
+                     {"mode": "generator", "gen_steps": int(match.group(1)), "gen_width": int(match.group(2))},
+                     image_size)
+
+
+def _settings(name: str, suffixes: str, keys: dict[str, tuple[str, type]], overrides: dict[str, Any],
+              image_size: int) -> dict[str, Any]:
+    from dfgen.config import default_schedule
+
+    for key, value in re.findall(r"-([a-z]+)([0-9.e]+(?:-[0-9]+)?)", suffixes):
+        if key not in keys:
             raise ValueError(f"unknown setting {key!r} in point {name!r}")
-        field, kind = _GENERATOR_KEYS[key]
+        field, kind = keys[key]
         overrides[field] = kind(value)
+    stages = default_schedule(image_size)
+    if "every_stage" in overrides:  # N iterations in every stage of the default schedule
+        every = overrides.pop("every_stage")
+        stages = [(size, every) for size, _ in stages]
+    if "low_stages" in overrides:  # N iterations in every stage but the last
+        low = overrides.pop("low_stages")
+        stages = [(size, low) for size, _ in stages[:-1]] + stages[-1:]
+    if stages != default_schedule(image_size):
+        overrides["schedule"] = ",".join(f"{size}:{iterations}" for size, iterations in stages)
     return overrides
 
 

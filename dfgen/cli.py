@@ -116,6 +116,10 @@ def cli() -> None:
               "size: native shows the teacher the low-resolution image (the paper); upsample optimises it but shows "
               "the teacher an upsampled copy at its own size (fixed-size teachers); auto: native where the teacher "
               "accepts every size [auto].")
+@click.option("--early-stop", type=float, metavar="TOL", help="Pixel mode: end a batch's stage once its mean loss "
+              "over a window of iterations improves on the previous window's by less than TOL (relative, e.g. 0.01); "
+              "fewer teacher passes, same images for the same settings [off].")
+@click.option("--early-stop-window", type=int, help="Iterations per window of --early-stop [25].")
 @click.option("--crop-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Random-resized crops in the "
               "loop, smallest area fraction reached by an easy-to-hard curriculum [off].")
 @click.option("--competitor", metavar="NAME", help="Two-round synthesis (DeepInversion's ADI): a student trained on a "

@@ -15,6 +15,7 @@ from typing import Any
 
 from dfgen.amortized_settings import GENERATOR_BN, MODES, AmortizedSettings
 from dfgen.config_file import read_config_file, refuse_unknown
+from dfgen.early_stop import DEFAULT_WINDOW, check_early_stop
 from dfgen.errors import DfgenError
 from dfgen.loss_weights import AUTO, COMPETITION, LossWeights, losses_content, synthesis_losses
 from dfgen.parsing import (
@@ -122,6 +123,10 @@ class SynthesisConfig:
     soft_views: int = 0  # random-resized-crop views per image whose logits are stored too (dfgen.soft_views)
     soft_view_min_scale: float = 0.25  # smallest area fraction of a stored view
     crop_min_scale: float | None = None  # random-resized crops in the loop, area scale min..1 (None: off)
+    # a pixel-mode stage ends once its loss improves by less than this (relative) from one window of iterations to
+    # the next (dfgen.early_stop; None: off, every stage runs its iterations)
+    early_stop: float | None = None
+    early_stop_window: int = DEFAULT_WINDOW
     losses: LossWeights = field(default_factory=lambda: synthesis_losses())
     no_diversity: bool = False
     precision: str = "auto"
@@ -186,6 +191,7 @@ class SynthesisConfig:
             raise DfgenError("--soft-views needs stored soft labels: --soft-topk 0 turns them off")
         if not 0 < self.soft_view_min_scale <= 1:
             raise DfgenError(f"--soft-view-min-scale must be in (0, 1], got {self.soft_view_min_scale}")
+        self.early_stop, self.early_stop_window = check_early_stop(self.early_stop, self.early_stop_window, self.mode)
         if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
             raise DfgenError(f"--crop-min-scale must be in (0, 1], got {self.crop_min_scale}")
         if self.upsample not in ("bilinear", "nearest"):
@@ -221,6 +227,9 @@ class SynthesisConfig:
         if not self.soft_views:  # no views, no entries: directories made before the option keep their fingerprint
             data.pop("soft_views")
             data.pop("soft_view_min_scale")
+        if self.early_stop is None:  # off: directories made before the option keep their fingerprint
+            data.pop("early_stop")
+            data.pop("early_stop_window")
         if self.mode == "pixels":  # the mode's settings only where they matter: earlier directories keep theirs
             data.pop("mode")
             data.pop("generator")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from dfgen import losses as L
 from dfgen.config import JITTER_FRACTION, LR, UPSAMPLE, WARMUP, LossWeights
 from dfgen.cost import watch_teacher
+from dfgen.early_stop import DEFAULT_WINDOW, StageStop
 from dfgen.errors import SynthesisError
 from dfgen.jitter import draw_stage_jitter
 from dfgen.resolutions import describe_failure
@@ -34,6 +35,8 @@ class EngineSettings:
     flip: bool = True  # resolved: the paper's jitter flips (`dfgen synthesize` decides "auto" with a probe)
     multires: str = "native"  # "upsample": stages below the teacher's size are shown to it upsampled
     crop_min_scale: float | None = None  # random-resized crops in the loop (None: off)
+    early_stop: float | None = None  # a stage's relative loss improvement per window below which it ends (None: off)
+    early_stop_window: int = DEFAULT_WINDOW
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     log_every: int = 50
     channels_last: bool = False
@@ -313,6 +316,7 @@ class InversionEngine:
             optimizer = torch.optim.Adam([x], lr=s.lr * lr_scale, betas=(0.5, 0.9), eps=1e-8, fused=True)
             view_size = self.teacher_view_size(resolution)
             jitter = draw_stage_jitter(generator, iterations, view_size, s.jitter_fraction, s.flip, s.crop_min_scale)
+            stop = StageStop(s.early_stop, s.early_stop_window) if s.early_stop else None
             for it in range(iterations):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(it, iterations, s.lr * lr_scale, s.warmup)
@@ -329,14 +333,17 @@ class InversionEngine:
                     optimizer.step()
                 with torch.no_grad():
                     x.clamp_(self.low, self.high)  # in place: no temporaries per iteration
-                last = it == iterations - 1
+                settled = stop is not None and stop.settled(it, terms["total"])
+                last = it == iterations - 1 or settled
                 if last or (s.log_every and (it + 1) % s.log_every == 0):
-                    # The only host sync of the loop, every log_every iterations.
+                    # The only host sync of the loop, every log_every iterations (and --early-stop's windows).
                     logged = {k: float(v.detach()) for k, v in terms.items()}
                     if not math.isfinite(logged["total"]):
                         raise _NonFinite(f"stage {resolution}px iteration {it + 1}: total={logged['total']}")
                     if on_log is not None:
                         on_log(f"{resolution}px", it + 1, iterations, logged)
+                if settled:
+                    break
         if not torch.isfinite(x).all():
             raise _NonFinite("non-finite pixels")
         x = x.detach()
