@@ -272,6 +272,8 @@ def dataset_description(run: RunPlan) -> dict[str, Any]:
         "quality": None if c.format == "png" else c.quality,
         "fingerprint": config_fingerprint(run.content()),
     }
+    if c.early_stop is not None:  # only where set: descriptions without it stay as they were
+        description["optimizer"]["early_stop"] = {"tolerance": c.early_stop, "window": c.early_stop_window}
     if c.mode != "pixels":  # only where it matters: pixel-mode descriptions stay as they were
         description["mode"] = c.mode
         description["generator"] = dataclasses.asdict(c.generator)
