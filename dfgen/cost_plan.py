@@ -55,5 +55,7 @@ def describe_cost(run: Any) -> str:
     cost = planned_cost(run)
     mode = f"generator, {run.config.generator.steps} steps a batch" if run.config.mode == "generator" else "pixels"
     generator = f", generator {cost['generator_flops'] / 1e6:.3g} MFLOP" if cost["generator_flops"] else ""
-    return (f"cost         {cost['teacher_passes']:.4g} teacher passes and {cost['teacher_forwards']:.3g} forwards per "
-            f"image{generator} ({mode}; start-up included)")
+    bound = "at most " if run.config.early_stop else ""  # --early-stop: stages may end sooner
+    return (f"cost         {bound}{cost['teacher_passes']:.4g} teacher passes and "
+            f"{cost['teacher_forwards']:.3g} forwards "
+            f"per image{generator} ({mode}; start-up included)")
