@@ -232,9 +232,11 @@ def make_report(
         entries.append(entry)
         lp = (entry["lpips_intra_class"] or {}).get("mean")
         agreement = (entry["teacher_agreement"] or {}).get("top1")
+        passes = ((meta.get("cost") or {}).get("per_image") or {}).get("teacher_passes")
         where = f"{len(info.shards)} shard(s) verified" if each.verified else f"{each.source_format}, not verified"
         _log(f"{name}: {scan.images_scanned} images ({where}); LPIPS "
              f"{'-' if lp is None else f'{lp:.4f}'}, teacher top-1 {'-' if agreement is None else f'{agreement:.3f}'}"
+             f"{'' if passes is None else f', made with {passes:.4g} teacher passes an image'}"
              f" ({timings['total_s']:.1f}s)", quiet)
 
     plots = _plots(out, entries, probs_by_name)
