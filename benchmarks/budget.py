@@ -1,15 +1,20 @@
-"""The budget benchmark: student accuracy against synthesis cost, for the pixel mode and the amortized generator mode.
+"""The budget benchmark: student accuracy against synthesis cost, for the pixel mode, its levers and the amortized
+generator mode.
 
-    python -m benchmarks.budget [--quick | --standard | --full] [--points pixels gen-k10-w8 ...]
-        [--out bench_out/budget]
+    python -m benchmarks.budget [--quick | --standard | --full | --toy] [--dataset mnist|fashion]
+        [--teacher digits_cnn|resnet18_digits|lenet5_bn_mnist|vgg_bn_mnist] [--points pixels gen-k10-w8 ...]
+        [--students lenet5_half small_cnn dearkd_micro] [--out bench_out/budget]
 
-On MNIST's LeNet-5-BN teacher (benchmarks/published.py: trained on the real train split, cached by recipe), each
-*point* synthesizes the same number of images with `dfgen synthesize` and teaches LeNet-5-half by plain KD (the
-published benchmark's recipe and step budget) on them; each is tested on the real 10k test split. Per point: teacher
-passes per image, teacher forwards per image, generator FLOPs per image (all three counted by dfgen as it runs and
-read from dataset.json), total FLOPs per image (the teacher's FLOPs per pass and per forward are measured here with
-torch's FLOP counter), synthesis wall time, teacher agreement and the student's accuracy. The syntheses run side by
-side in one-thread processes in one run, so their wall times compare as ratios on the same machine.
+The teacher is published.py's LeNet-5-BN on MNIST or Fashion-MNIST (trained on the real train split, cached by
+recipe), or with --teacher one of the transfer matrix's four (transfer.py), given to dfgen as the user's own model.
+Each *point* synthesizes the same number of images with `dfgen synthesize`; each student learns from them (LeNet-5-half
+by plain KD under published.py's recipe and step budget, small_cnn under transfer.py's, DearKD micro through `distill
+run`; benchmarks/budget_setups.py) and from as many real train images under the same recipe (the reference row, and
+each point's `ratio_to_real`), and is tested on the real test split. Per point: teacher passes per image, teacher
+forwards per image, generator FLOPs per image (all three counted by dfgen as it runs and read from dataset.json), total
+FLOPs per image (the teacher's FLOPs per pass and per forward are measured here with torch's FLOP counter), synthesis
+wall time, teacher agreement and the students' accuracy. The syntheses run side by side in one-thread processes in
+one run, so their wall times compare as ratios on the same machine.
 
 Points are named: `pixels` (the default schedule) with optional suffixes `-itN` (N iterations in every stage of the
 default schedule), `-lowN` (N iterations in its low-resolution stages, the last one as it is), `-esX` (early stop of a
@@ -36,17 +41,18 @@ from typing import Any
 
 import torch
 
+from benchmarks.budget_setups import STUDENTS, published_setup, student_job, transfer_setup
 from benchmarks.jobs import Jobs, print_result
-from benchmarks.phases import NETS, cached
-from benchmarks.published import SETTINGS, export_job, kd_job, train_teacher_job
+from benchmarks.phases import cached
+from benchmarks.transfer import TEACHERS
 
 DATASETS = {"mnist": "mnist", "fashion": "fashion-mnist", "fashion-mnist": "fashion-mnist"}  # --dataset: its key
 POINTS = ["pixels", "gen-k5-w8", "gen-k10-w8", "gen-k20-w8", "gen-k30-w8", "gen-k10-w4", "gen-k10-w16"]
-SIZES = {  # synthetic images per point, LeNet-5-half's KD steps (published.py's budgets at these sizes)
-    "toy": {"n": 40, "kd_steps": 2, "limit": 300, "teacher_epochs": 1},
-    "quick": {"n": 500, "kd_steps": 2500},
-    "standard": {"n": 2000, "kd_steps": 7000},
-    "full": {"n": 24000, "kd_steps": 12000},
+SIZES = {  # synthetic images per point, LeNet-5-half's KD steps, DearKD's epochs (published.py's at these sizes)
+    "toy": {"n": 40, "kd_steps": 2, "limit": 300, "teacher_epochs": 1, "distill_epochs": 1},
+    "quick": {"n": 500, "kd_steps": 2500, "distill_epochs": 10},
+    "standard": {"n": 2000, "kd_steps": 7000, "distill_epochs": 40},
+    "full": {"n": 24000, "kd_steps": 12000, "distill_epochs": None},
 }
 _PIXEL_KEYS = {"it": ("every_stage", int), "low": ("low_stages", int), "es": ("early_stop", float),
                "ew": ("early_stop_window", int), "lr": ("lr", float)}
@@ -89,16 +95,12 @@ def _settings(name: str, suffixes: str, keys: dict[str, tuple[str, type]], overr
     return overrides
 
 
-def synthesize_job(out: Path, teacher: dict[str, Any], n: int, overrides: dict[str, Any],
-                   dataset: str = "mnist") -> dict[str, Any]:
-    """One point's images, with the tool's defaults for this teacher given as the user's own model file."""
+def synthesize_job(out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """One point's images (`options`: dfgen.build_config keywords), with what dfgen counted as it made them."""
     import dfgen
 
     start = time.perf_counter()
-    config = dfgen.build_config(None, teacher=f"{NETS}:{SETTINGS[dataset]['teacher']}",
-                                teacher_weights=teacher["weights"], image_size=28, mean=teacher["mean"],
-                                std=teacher["std"], n=n, out=str(out), quiet=True, **overrides)
-    dfgen.synthesize(config)
+    dfgen.synthesize(dfgen.build_config(None, out=str(out), quiet=True, **options))
     description = json.loads((out / "dataset.json").read_text())
     return {"path": str(out), "seconds": round(time.perf_counter() - start, 1), "cost": description["cost"],
             "agreement": description["stats"]["agreement"], "schedule": description["schedule"]}
@@ -106,11 +108,12 @@ def synthesize_job(out: Path, teacher: dict[str, Any], n: int, overrides: dict[s
 
 def teacher_flops(teacher: dict[str, Any]) -> dict[str, int]:
     """FLOPs of one image through the teacher: forward only, and forward + backward to the input (a pass)."""
-    from benchmarks.real_training import load_trained
+    from benchmarks.transfer import load_model
     from dfgen.cost import measure_flops
 
-    model = load_trained(teacher["weights"]).eval().requires_grad_(False)
-    x = torch.zeros(1, 1, 28, 28, requires_grad=True)
+    model = load_model(teacher).eval().requires_grad_(False)
+    size = teacher["image_size"]
+    x = torch.zeros(1, 1, size, size, requires_grad=True)
     return {"forward": measure_flops(lambda: model(x), backward=False),
             "pass": measure_flops(lambda: model(x), backward=True)}
 
@@ -141,39 +144,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = SIZES[args.size]
     n = args.n or size["n"]
     kd_steps = args.kd_steps or size["kd_steps"]
-    limit = size.get("limit")
-    dataset = DATASETS[args.dataset]
+    limit, toy = size.get("limit"), args.size == "toy"
     results = args.out / "results"
-    # MNIST's files keep their first names (earlier runs' caches); another set's carry its name
-    tag = "" if dataset == "mnist" else f"{dataset}-"
-    first = "" if not limit else f"-first{limit}"
-    work = args.out / f"{tag}{args.size}-n{n}"
+    if args.teacher:
+        setup = transfer_setup(args.teacher, n, args.out, results, toy)
+    else:
+        setup = published_setup(DATASETS[args.dataset], n, args.out, results, limit, size.get("teacher_epochs"))
+    work = args.out / f"{setup.tag}{args.size}-n{n}"
     jobs = Jobs(args.jobs, args.threads)
     try:
-        epochs = size.get("teacher_epochs", SETTINGS[dataset]["teacher_epochs"])
-        teacher = cached(results / f"{tag}teacher{first}.json", train_teacher_job, SETTINGS[dataset]["teacher"],
-                         dataset, epochs, args.out / "teachers", limit)
-        real = cached(results / f"{tag}real{first}.json", export_job, dataset, args.out / f"{tag}real{first}", limit)
         for name in args.points:  # syntheses first, side by side in the same run: their wall times compare
             jobs.submit(f"syn_{name}", cached, work / "results" / f"syn_{name}.json", synthesize_job, work / name,
-                        teacher, n, point_overrides(name), dataset)
-        for name in sorted(args.points, key=lambda p: p.startswith("pixels")):  # the slow pixel set's student last
+                        setup.synthesis(n, point_overrides(name, setup.teacher["image_size"])))
+        any_set = jobs.result(f"syn_{args.points[0]}")["path"]  # DearKD's real row takes the teacher a set records
+        for student in args.students:  # the reference: as many real images, the same recipe
+            key, job = student_job(setup, student, setup.real_n, any_set, work / f"run_{student}_real", kd_steps,
+                                   size.get("distill_epochs"), toy)
+            jobs.submit(f"{student}_real", cached, work / "results" / f"{student}_real-{key}.json", *job)
+        for name in sorted(args.points, key=lambda p: p.startswith("pixels")):  # the slow pixel set's students last
             path = jobs.result(f"syn_{name}")["path"]
-            jobs.submit(f"kd_{name}", cached, work / "results" / f"kd_{name}-{kd_steps}.json", kd_job, teacher, path,
-                        real["test"], kd_steps)
-        flops = teacher_flops(teacher)
-        points = {}
-        for name in args.points:
-            syn, kd = jobs.result(f"syn_{name}"), jobs.result(f"kd_{name}")
-            per = syn["cost"]["per_image"]
-            total = per["teacher_passes"] * flops["pass"] + per["teacher_forwards"] * flops["forward"] + \
-                per["generator_flops"]
-            points[name] = {"acc": kd["acc"], "agreement": round(syn["agreement"], 4),
-                            "teacher_passes_per_image": per["teacher_passes"],
-                            "teacher_forwards_per_image": per["teacher_forwards"],
-                            "generator_flops_per_image": per["generator_flops"],
-                            "total_flops_per_image": round(total),
-                            "synthesis_seconds": syn["cost"]["seconds"], "synthesis_wall_seconds": syn["seconds"]}
+            for student in args.students:
+                key, job = student_job(setup, student, path, path, work / f"run_{student}_{name}", kd_steps,
+                                       size.get("distill_epochs"), toy)
+                # LeNet-5-half's files keep their first names (earlier runs' caches)
+                file = f"kd_{name}-{kd_steps}" if student == "lenet5_half" else f"{student}_{name}-{key}"
+                jobs.submit(f"{student}_{name}", cached, work / "results" / f"{file}.json", *job)
+        flops = teacher_flops(setup.teacher)
+        real = {student: jobs.result(f"{student}_real")["acc"] for student in args.students}
+        points = {name: point_figures(jobs, name, args.students, real, flops) for name in args.points}
         seconds = {name: jobs.result(name)["seconds"] for name in jobs.futures}
     finally:
         jobs.close()
@@ -183,10 +181,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p["passes_vs_pixels"] = round(p["teacher_passes_per_image"] / baseline["teacher_passes_per_image"], 4)
             p["seconds_vs_pixels"] = round(p["synthesis_seconds"] / max(baseline["synthesis_seconds"], 1e-9), 4)
     png = work / "budget.png"
-    plot(points, png, n, f"{dataset}, {SETTINGS[dataset]['teacher']} teacher")
-    return {"benchmark": "budget", "dataset": dataset, "size": args.size, "n_images": n, "kd_steps": kd_steps,
-            "teacher_acc": round(teacher["test_acc"], 4), "teacher_flops": flops, "points": points, "png": str(png),
+    plot(points, png, n, setup.title, args.students[0])
+    return {"benchmark": "budget", "dataset": setup.data, "teacher": args.teacher or setup.teacher["teacher"],
+            "size": args.size, "n_images": n, "kd_steps": kd_steps, "students": args.students,
+            "teacher_acc": round(setup.teacher["test_acc"], 4), "teacher_flops": flops,
+            "real_reference": {"images": n, **real}, "points": points, "png": str(png),
             "seconds": {**seconds, "total_this_invocation": round(time.perf_counter() - begin)}}
+
+
+def point_figures(jobs: Jobs, name: str, students: list[str], real: dict[str, float],
+                  flops: dict[str, int]) -> dict[str, Any]:
+    """A point's cost (counted by dfgen, in dataset.json) and its students' accuracy, also as a ratio to the same
+    student taught on as many real images; `acc` is the first student's."""
+    syn = jobs.result(f"syn_{name}")
+    per = syn["cost"]["per_image"]
+    total = per["teacher_passes"] * flops["pass"] + per["teacher_forwards"] * flops["forward"] + \
+        per["generator_flops"]
+    accs = {student: jobs.result(f"{student}_{name}")["acc"] for student in students}
+    return {"acc": accs[students[0]], "students": accs,
+            "ratio_to_real": {s: round(acc / max(real[s], 1e-9), 4) for s, acc in accs.items()},
+            "agreement": round(syn["agreement"], 4), "teacher_passes_per_image": per["teacher_passes"],
+            "teacher_forwards_per_image": per["teacher_forwards"], "generator_flops_per_image": per["generator_flops"],
+            "total_flops_per_image": round(total), "synthesis_seconds": syn["cost"]["seconds"],
+            "synthesis_wall_seconds": syn["seconds"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,6 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench_out/budget"))
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
                         help="the teacher's data: its LeNet-5-BN teacher and real splits (published.py) [mnist]")
+    parser.add_argument("--teacher", choices=sorted(TEACHERS), default=None,
+                        help="a teacher of the transfer matrix (transfer.py) instead of --dataset's")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, default=None,
+                        help="students of each point and of the real reference [lenet5_half; --teacher: small_cnn]")
     size = parser.add_mutually_exclusive_group()
     parser.set_defaults(size="standard")
     for key in SIZES:
@@ -205,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
     parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
     args = parser.parse_args(argv)
+    args.students = args.students or (["small_cnn"] if args.teacher else ["lenet5_half"])
+    if args.teacher and "lenet5_half" in args.students and TEACHERS[args.teacher]["data"] == "digits":
+        parser.error(f"lenet5_half takes 28 px images; {args.teacher} is a 32 px digits teacher: use small_cnn")
     for name in args.points:
         try:
             point_overrides(name)
