@@ -53,6 +53,7 @@ from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.runtime import resolve_device, resolve_precision, world_from_env
 from dfgen.shards import check_writable_channels
 from dfgen.teachers import Teacher, load_teacher
+from dfgen.tiny_maps import bn_map_sizes, describe_tiny_maps, larger_final_schedule
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
         raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "
                          f"{teacher.num_classes} classes")
     resolution = teacher.resolution
-    schedule = config.schedule or default_schedule(resolution)
+    schedule, tiny_note = config.schedule or default_schedule(resolution), None
+    if config.schedule is None:
+        schedule, tiny_note = schedule_for_tiny_maps(teacher, schedule)
     weights = config.effective_losses
     diversity = bool(weights.ep or weights.triplet)
     classes_per_batch, images_per_class, notes = batch_layout(
@@ -153,7 +156,7 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     if diversity and images_per_class < 2:
         raise DfgenError("the diversity losses need --images-per-class >= 2 (or pass --no-diversity)")
     shard_size, shard_note = shard_size_for(config.shard_size, classes_per_batch * images_per_class)
-    notes += [shard_note] if shard_note else []
+    notes += [note for note in (shard_note, tiny_note) if note]
     plan = LabelPlan(n=config.n, num_classes=teacher.num_classes, classes_per_batch=classes_per_batch,
                      images_per_class=images_per_class, seed=config.seed, shard_size=shard_size)
     accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule] + [resolution])
@@ -166,6 +169,20 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     for note in notes if log else ():
         print(f"{run.log_prefix}note: {note}", file=sys.stderr, flush=True)
     return run
+
+
+def schedule_for_tiny_maps(teacher: Teacher, schedule: list[tuple[int, int]]) -> tuple[list[tuple[int, int]],
+                                                                                        str | None]:
+    """The default schedule, or for a teacher whose deep BN layers see tiny maps at its size (dfgen.tiny_maps) and
+    that runs at the larger size, the schedule ending at that size; and a note saying why (None: unchanged)."""
+    maps = bn_map_sizes(teacher.model, teacher.in_chans, teacher.resolution)
+    if not maps.has_tiny_maps:
+        return schedule, None
+    larger = larger_final_schedule(schedule)
+    rejected = accepted_resolutions(teacher.model, teacher.in_chans, [larger[-1][0]])[larger[-1][0]]
+    if rejected is not None:
+        return schedule, describe_tiny_maps(maps, None)
+    return larger, describe_tiny_maps(maps, larger)
 
 
 def decide(request: RunRequest, recorded: dict[str, Any] | None = None, log: bool = True,
