@@ -53,7 +53,7 @@ from dfgen.resolutions import accepted_resolutions, resolve_multires
 from dfgen.runtime import resolve_device, resolve_precision, world_from_env
 from dfgen.shards import check_writable_channels
 from dfgen.teachers import Teacher, load_teacher
-from dfgen.tiny_maps import bn_map_sizes, describe_tiny_maps, larger_final_schedule
+from dfgen.tiny_maps import bn_map_sizes, describe_tiny_maps
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RunRequest:
     world_size: int
     multires: str = "native"  # resolved (dfgen.resolutions)
     accepted: dict[int, str | None] = dataclasses.field(default_factory=dict)  # size -> why rejected
-    notes: list[str] = dataclasses.field(default_factory=list)  # near-miss values adjusted (batch layout, shards)
+    notes: list[str] = dataclasses.field(default_factory=list)  # near misses adjusted (batch layout, shards); tiny maps
     competitor: Teacher | None = None  # ADI's student (dfgen.competitor), when the competition weight is set
 
     @property
@@ -145,9 +145,7 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
         raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "
                          f"{teacher.num_classes} classes")
     resolution = teacher.resolution
-    schedule, tiny_note = config.schedule or default_schedule(resolution), None
-    if config.schedule is None:
-        schedule, tiny_note = schedule_for_tiny_maps(teacher, schedule)
+    schedule = config.schedule or default_schedule(resolution)
     weights = config.effective_losses
     diversity = bool(weights.ep or weights.triplet)
     classes_per_batch, images_per_class, notes = batch_layout(
@@ -156,11 +154,13 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     if diversity and images_per_class < 2:
         raise DfgenError("the diversity losses need --images-per-class >= 2 (or pass --no-diversity)")
     shard_size, shard_note = shard_size_for(config.shard_size, classes_per_batch * images_per_class)
-    notes += [note for note in (shard_note, tiny_note) if note]
+    notes += [shard_note] if shard_note else []
     plan = LabelPlan(n=config.n, num_classes=teacher.num_classes, classes_per_batch=classes_per_batch,
                      images_per_class=images_per_class, seed=config.seed, shard_size=shard_size)
     accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule] + [resolution])
     multires = resolve_multires(config.multires, schedule, resolution, accepted, teacher.name)
+    tiny_note = tiny_maps_note(teacher)  # after resolve_multires: a teacher failing at its own size is refused there
+    notes += [tiny_note] if tiny_note else []
     competitor = None
     if config.competitor is not None and weights.competition:
         competitor = load_competitor(config.competitor, config.competitor_weights, teacher)
@@ -171,18 +171,10 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     return run
 
 
-def schedule_for_tiny_maps(teacher: Teacher, schedule: list[tuple[int, int]]) -> tuple[list[tuple[int, int]],
-                                                                                        str | None]:
-    """The default schedule, or for a teacher whose deep BN layers see tiny maps at its size (dfgen.tiny_maps) and
-    that runs at the larger size, the schedule ending at that size; and a note saying why (None: unchanged)."""
+def tiny_maps_note(teacher: Teacher) -> str | None:
+    """A note for a teacher whose deep BN layers see tiny maps at its size (dfgen.tiny_maps), else None."""
     maps = bn_map_sizes(teacher.model, teacher.in_chans, teacher.resolution)
-    if not maps.has_tiny_maps:
-        return schedule, None
-    larger = larger_final_schedule(schedule)
-    rejected = accepted_resolutions(teacher.model, teacher.in_chans, [larger[-1][0]])[larger[-1][0]]
-    if rejected is not None:
-        return schedule, describe_tiny_maps(maps, None)
-    return larger, describe_tiny_maps(maps, larger)
+    return describe_tiny_maps(maps) if maps.has_tiny_maps else None
 
 
 def decide(request: RunRequest, recorded: dict[str, Any] | None = None, log: bool = True,

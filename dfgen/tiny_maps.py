@@ -1,11 +1,12 @@
-"""Teachers whose deep BatchNorm layers see tiny maps at the data's size, and the default schedule they get.
+"""Teachers whose deep BatchNorm layers see tiny maps at the data's size: found at set-up, and said.
 
 A stock ImageNet architecture fine-tuned on small images (a 7x7 stride-2 stem and a max-pool, so a 32-px input is
 8x8 after the stem and 1x1 in the last stage) keeps BatchNorm statistics of maps of 2x2 and 1x1 in its deep layers.
-Matching them constrains little: DeepInversion's images satisfy such a teacher without carrying the data's shapes,
-and a student learns little from them. When the schedule is left to dfgen and the teacher also runs at twice its
-size, the default schedule then ends at twice the size (its deep maps twice as wide) and the images are written at
-the teacher's size, shrunk with antialiasing (docs/design.md). Set-up prints why."""
+Matching them constrains little: DeepInversion's images match those layers' statistics more closely than real
+images do, without carrying the data's shapes, and a student may learn less from them. Synthesizing at twice the
+size (deep maps twice as wide) and shrinking the images, or stronger in-loop jitter, did not teach a student more
+on such a teacher (docs/results.md), so set-up changes nothing and says what it found and what helps
+(docs/design.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from torch import nn
 
 TINY_SIDE = 2  # a BatchNorm layer whose input map is at most this wide carries little spatial statistics
 TINY_SHARE = 0.25  # the teacher is of this family when at least this share of its BN layers (and two) see tiny maps
-UPSCALE = 2  # the default schedule's last stage for such a teacher, as a multiple of its size
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,9 @@ def bn_map_sizes(model: nn.Module, in_chans: int, size: int, device: torch.devic
     return MapSizes(size, tuple(sides))
 
 
-def larger_final_schedule(schedule: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The default schedule moved up by UPSCALE: each stage's size times UPSCALE, same iterations."""
-    return [(res * UPSCALE, iterations) for res, iterations in schedule]
-
-
-def describe_tiny_maps(maps: MapSizes, schedule: list[tuple[int, int]] | None) -> str:
-    """One line: what was found and what the default schedule became (None: the teacher rejects the larger size)."""
-    found = (f"{maps.tiny} of the teacher's {len(maps.sides)} BatchNorm layers see maps of {TINY_SIDE}x{TINY_SIDE} "
-             f"or less at {maps.input_size} px")
-    if schedule is None:
-        return f"{found}; it does not run at {UPSCALE * maps.input_size} px, so the schedule stays"
-    from dfgen.config import format_schedule
-
-    return (f"{found} -> default schedule {format_schedule(schedule)}, images shrunk to {maps.input_size} px "
-            f"(deep statistics of wider maps)")
+def describe_tiny_maps(maps: MapSizes) -> str:
+    """One line: what was found, and what a user can do about it."""
+    return (f"{maps.tiny} of the teacher's {len(maps.sides)} BatchNorm layers see maps of {TINY_SIDE}x{TINY_SIDE} "
+            f"or less at {maps.input_size} px: their statistics constrain the images little, so a student may learn "
+            f"less from them; a teacher that keeps wider maps at this size (a 3x3 stride-1 stem, no max-pool) "
+            f"transfers better")

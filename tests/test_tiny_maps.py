@@ -1,6 +1,5 @@
 """Stock ImageNet architectures on small images: set-up finds the BatchNorm layers that see tiny maps at the teacher's
-size and, with the schedule left to dfgen, ends the default schedule at twice the size (written at the teacher's),
-saying why; the teachers built for small images, and a fixed-size teacher, keep their schedule."""
+size and says so in one note, changing nothing; the teachers built for small images get no note."""
 
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import torch
 
 import dfgen
 from benchmarks import small_nets, stock_nets
-from dfgen.runplan import prepare, schedule_for_tiny_maps
+from dfgen.runplan import prepare, tiny_maps_note
 from dfgen.teachers import Teacher, load_teacher
 from dfgen.tiny_maps import bn_map_sizes
 
@@ -36,26 +35,22 @@ def test_teachers_built_for_small_images_are_not_of_this_family(factory, size):
 def test_bundled_digits_teacher_keeps_its_schedule():
     teacher = load_teacher("digits")
     assert not bn_map_sizes(teacher.model, 1, 32).has_tiny_maps
-    schedule = [(8, 200), (16, 200), (32, 200)]
-    assert schedule_for_tiny_maps(teacher, schedule) == (schedule, None)
+    assert tiny_maps_note(teacher) is None
 
 
 def test_mobilenetv3_is_of_this_family():
     assert bn_map_sizes(stock_nets.mobilenetv3_stock(), 1, 32).has_tiny_maps
 
 
-def test_default_schedule_ends_at_twice_the_size_and_says_why(tmp_path, capsys):
+def test_set_up_notes_tiny_maps_and_keeps_the_default_schedule(tmp_path, capsys):
     config = dfgen.build_config(None, out=str(tmp_path / "o"), teacher=f"{STOCK}:resnet18_stock", image_size=32,
                                 mean=[0.3], std=[0.3], n=10)
     run = prepare(config)
-    assert run.schedule == [(16, 200), (32, 200), (64, 200)]
-    assert run.accepted[64] is None and run.multires == "native"
-    err = capsys.readouterr().err
-    assert "note: 10 of the teacher's 20 BatchNorm layers see maps of 2x2 or less at 32 px -> default schedule " \
-           "16:200,32:200,64:200, images shrunk to 32 px" in err
-    given = dfgen.build_config(None, out=str(tmp_path / "p"), teacher=f"{STOCK}:resnet18_stock", image_size=32,
-                               mean=[0.3], std=[0.3], n=10, schedule="8:5,32:5")
-    assert prepare(given, log=False).schedule == [(8, 5), (32, 5)]  # a schedule the user gives is kept
+    assert run.schedule == [(8, 200), (16, 200), (32, 200)] and run.multires == "native"
+    note = ("10 of the teacher's 20 BatchNorm layers see maps of 2x2 or less at 32 px: their statistics constrain "
+            "the images little")
+    assert note in run.notes[-1] and f"note: {run.notes[-1]}" in capsys.readouterr().err.splitlines()
+    assert note in prepare(config, log=False).notes[-1] and not capsys.readouterr().err  # kept, not printed
 
 
 class FixedTiny(torch.nn.Module):
@@ -73,11 +68,10 @@ class FixedTiny(torch.nn.Module):
         return self.fc(self.body(x))
 
 
-def test_fixed_size_teacher_keeps_the_schedule_and_says_so():
+def test_fixed_size_teacher_with_tiny_maps_is_noted():
     teacher = Teacher(model=FixedTiny().eval(), name="fixed", source="test", input_size=(1, 16, 16), mean=(0.5,),
                       std=(0.5,), num_classes=3, weights_sha256="0")
-    schedule = [(4, 5), (8, 5), (16, 5)]
-    kept, note = schedule_for_tiny_maps(teacher, schedule)
-    assert kept == schedule
-    assert note == ("2 of the teacher's 4 BatchNorm layers see maps of 2x2 or less at 16 px; it does not run at "
-                    "32 px, so the schedule stays")
+    assert tiny_maps_note(teacher) == (
+        "2 of the teacher's 4 BatchNorm layers see maps of 2x2 or less at 16 px: their statistics constrain the "
+        "images little, so a student may learn less from them; a teacher that keeps wider maps at this size (a 3x3 "
+        "stride-1 stem, no max-pool) transfers better")
