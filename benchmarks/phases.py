@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 NETS = Path(__file__).resolve().with_name("small_nets.py")  # given to dfgen as the user's own model file
+STOCK_NETS = NETS.with_name("stock_nets.py")  # ImageNet architectures as users fine-tune them on small images
 
 # Soft distillation at tau 4 without RandAugment or cutmix: on MNIST's 1,000 boundary images DearKD micro learned
 # 90.05% with the teacher online under it against 82.17% under hard distillation with RandAugment and cutmix, and the
@@ -47,13 +48,13 @@ def dataset_size(path: str | Path) -> int:
     return open_dataset(path).n
 
 
-def teacher_phase(factory: str, data: Any, epochs: int, cache: Path) -> dict[str, Any]:
-    """A small_nets.py network trained on real data (a set name or a RealData; cached by its recipe,
-    real_training.py): its weights file, test accuracy and normalization."""
+def teacher_phase(factory: str, data: Any, epochs: int, cache: Path, nets: Path = NETS) -> dict[str, Any]:
+    """A network of the model file `nets` (small_nets.py) trained on real data (a set name or a RealData; cached by
+    its recipe, real_training.py): its weights file, test accuracy and normalization."""
     from benchmarks.real_training import teacher_record, train_teacher
 
     start = time.perf_counter()
-    weights, acc = train_teacher(f"{NETS}:{factory}", data, epochs, seed=0, cache_dir=cache)
+    weights, acc = train_teacher(f"{nets}:{factory}", data, epochs, seed=0, cache_dir=cache)
     record = teacher_record(weights)
     return {"weights": str(weights), "test_acc": acc, "mean": record["mean"], "std": record["std"],
             "seconds": since(start)}

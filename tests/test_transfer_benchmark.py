@@ -23,10 +23,12 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
         assert row["schedule"] == "8:2,16:2,32:2"  # the default schedule's stages for a 32 px teacher
         assert row["flip"] in (True, False) and row["multires"] in ("native", "upsample")
         assert 0 < row["reach"] <= 2  # calibrated by the probe, not the fixed 0.3
-        assert set(row["students"]) == {"small_cnn_kd", "dearkd_micro"}
+        assert set(row["students"]) == {"small_cnn_kd", "small_cnn_kd_plain", "dearkd_micro"}
         for cell in row["students"].values():
             assert 0 <= cell["synthetic"] <= 1 and 0 < cell["real"] <= 1
             assert cell["ratio"] == round(cell["synthetic"] / cell["real"], 4)
+        plain = json.loads((tmp_path / "toy20" / "results" / f"kd_plain_syn_{key}-plain2.json").read_text())
+        assert plain["recipe"] == "kd-plain" and plain["acc"] == row["students"]["small_cnn_kd_plain"]["synthetic"]
         config = json.loads((tmp_path / "toy20" / f"syn_{key}" / "config.json").read_text())
         assert config["derived"]["flip"]["requested"] == "auto"  # the user gave no synthesis setting
     assert result["matrix"]["digits_cnn"]["teacher_acc"] > 0.95  # the bundled teacher as shipped
@@ -41,7 +43,7 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
                         .read_text())
     assert config["soft_labels"] == "stored" and config["distillation"] == "soft" and config["cutmix"] == 0
     assert not config["aa"]  # the teacher-free recipe: no RandAugment
-    assert result["cells_meeting_target"].endswith("/4")
+    assert result["cells_meeting_target"].endswith("/6")  # 2 teachers x 3 students
     assert result["min_ratio"] == min(c["ratio"] for r in result["matrix"].values() for c in r["students"].values())
     again = transfer.main(argv)  # every phase cached: the same matrix
     assert again["matrix"] == result["matrix"]
