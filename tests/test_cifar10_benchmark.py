@@ -92,7 +92,14 @@ def test_teacher_training_resumes_after_an_interruption_to_the_same_weights(tmp_
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.arange(40) % 10
     data = RealData("tiny", images[:32], labels[:32], images[32:], labels[32:])
+    planned, _ = train_cifar(f"{NETS}:vgg8_bn_half", data, 2, 0, tmp_path / "whole", batch_size=8,
+                             weights_only_path=True)
+    assert not planned.exists()  # the cache path alone: nothing trained
     whole, _ = train_cifar(f"{NETS}:vgg8_bn_half", data, 2, 0, tmp_path / "whole", batch_size=8)
+    assert whole == planned
+    other, _ = train_cifar(f"{NETS}:vgg8_bn_half", data, 3, 0, tmp_path / "whole", batch_size=8,
+                           weights_only_path=True)
+    assert other != whole  # another recipe, another cache entry
 
     def stop_after_first_epoch(line: str) -> None:
         raise KeyboardInterrupt
