@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from benchmarks.budget_setups import STUDENTS, published_setup, student_job, transfer_setup
-from benchmarks.jobs import Jobs, print_result
+from benchmarks.jobs import Jobs, add_job_options, print_result
 from benchmarks.phases import cached
 from benchmarks.transfer import TEACHERS
 
@@ -223,8 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", type=int, default=None, help="synthetic images per point (overrides the size's)")
     parser.add_argument("--kd-steps", type=int, default=None, help="LeNet-5-half's KD steps (overrides the size's)")
     parser.add_argument("--points", nargs="+", default=POINTS, help=f"points to measure [{' '.join(POINTS)}]")
-    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    add_job_options(parser)
     args = parser.parse_args(argv)
     args.students = args.students or (["small_cnn"] if args.teacher else ["lenet5_half"])
     if args.teacher and "lenet5_half" in args.students and TEACHERS[args.teacher]["data"] == "digits":

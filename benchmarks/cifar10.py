@@ -47,7 +47,7 @@ from benchmarks.cifar10_phases import (
     synthesize_job,
     trained_net,
 )
-from benchmarks.jobs import Jobs, print_result
+from benchmarks.jobs import Jobs, add_job_options, print_result
 from benchmarks.phases import SOFT_KEY, cached, dataset_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,8 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="KD student seeds of the boundary and plain rows [0 1]")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro student")
-    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    add_job_options(parser)
     return parser.parse_args(argv)
 
 

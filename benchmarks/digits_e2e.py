@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import distill
-from benchmarks.jobs import Jobs
+from benchmarks.jobs import Jobs, add_job_options
 from dfgen.config import build_config as synthesis_config
 from dfgen.dataset import INDEX_FILE, open_dataset
 from dfgen.realdata import export_digits, write_image_dataset
@@ -187,8 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="real training digits for the reference student [all 1347]")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="synthesize with the torch.compile'd teacher (~1.5x on CPU after a one-off compile) [on]")
-    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    add_job_options(parser)
     return parser.parse_args(argv)
 
 

@@ -4,6 +4,7 @@ name; `jobs=1` runs inline."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -50,3 +51,9 @@ def print_result(run: Callable[[Any], dict[str, Any]], args: Any) -> dict[str, A
     result = run(args)
     print(json.dumps(result))
     return result
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """--jobs and --threads: how many one-thread processes run a benchmark's jobs side by side."""
+    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")

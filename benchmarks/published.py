@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.jobs import Jobs, print_result
+from benchmarks.jobs import Jobs, add_job_options, print_result
 from benchmarks.phases import (
     NETS,
     SMALL_SET_DISTILL,
@@ -324,8 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also two-round synthesis: K more images against a competitor (LeNet-5-half trained on "
                              "the boundary set) and K more without, each added to the boundary set (docs/design.md)")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro student (the slow one)")
-    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    add_job_options(parser)
     return parser.parse_args(argv)
 
 

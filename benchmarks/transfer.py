@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.jobs import Jobs, print_result
+from benchmarks.jobs import Jobs, add_job_options, print_result
 from benchmarks.phases import (
     NETS,
     SMALL_SET_DISTILL,
@@ -287,8 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=sorted(TEACHERS), help="the teachers the variants run on [digits_cnn lenet5_bn_mnist]")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro column (the slow one)")
     parser.add_argument("--toy", action="store_true", help="20 images, 2 iterations a stage: the path, for tests")
-    parser.add_argument("--jobs", type=int, default=2, help="processes running jobs side by side [2]")
-    parser.add_argument("--threads", type=int, default=1, help="threads per process [1]")
+    add_job_options(parser)
     return parser.parse_args(argv)
 
 
