@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,23 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Train
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
         data[key] = None if value is NULL else value
+    fit_stage1_to_epochs(data)
     try:
         return TrainConfig(**data)
     except TypeError as exc:  # a YAML value of the wrong kind (e.g. a list where a number goes)
         raise DistillError(f"bad configuration: {exc}") from None
+
+
+STAGE1_SHARE = 250 / 300  # DearKD's schedule: 250 of 300 epochs with the teacher
+
+
+def fit_stage1_to_epochs(data: dict[str, Any]) -> None:
+    """A run shorter than the default stage 1 (`--epochs 10` with no `--stage1-epochs`) keeps DearKD's share of
+    epochs with the teacher instead of being refused; a stage 1 that was given is left to the checks."""
+    default = TrainConfig.__dataclass_fields__["stage1_epochs"].default
+    epochs = data.get("epochs")
+    if "stage1_epochs" in data or not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs < default:
+        return
+    data["stage1_epochs"] = max(1, round(epochs * STAGE1_SHARE))
+    print(f"note: --epochs {epochs} is shorter than the default stage 1 ({default}); --stage1-epochs "
+          f"{data['stage1_epochs']} (DearKD's 250 of 300)", file=sys.stderr)

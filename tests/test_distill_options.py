@@ -13,6 +13,7 @@ from dfgen.config_file import read_config_file
 from distill import TrainConfig, build_config
 from distill.cli import main, run
 from distill.cli_options import given_options
+from distill.errors import DistillError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "distill_digits.yaml"
@@ -107,3 +108,16 @@ def test_a_runs_config_json_reruns_the_run(digits, tmp_path, capsys):
     with pytest.raises(SystemExit):  # into its own directory only with --resume
         main(["run", "--config", str(first / "config.json")])
     assert capsys.readouterr().err.startswith(f"Error: {first} already holds a run (last.pt); pass --resume")
+
+
+def test_a_run_shorter_than_the_default_stage1_keeps_dearkds_share(capsys, tmp_path):
+    assert build_config(epochs=12).stage1_epochs == 10  # 250/300 of 12
+    assert "--stage1-epochs 10" in capsys.readouterr().err
+    assert build_config(epochs=1).stage1_epochs == 1
+    assert build_config(epochs=300).stage1_epochs == 250  # the default run is untouched
+    assert build_config(epochs=12, stage1_epochs=0).stage1_epochs == 0  # a given stage 1 stands
+    preset = tmp_path / "p.yaml"
+    preset.write_text("epochs: 6\n")
+    assert build_config(preset).stage1_epochs == 5
+    with pytest.raises(DistillError, match="must be between 0 and --epochs"):
+        build_config(epochs=3, stage1_epochs=5)  # given, and out of range: refused as before
