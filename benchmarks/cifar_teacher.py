@@ -15,9 +15,7 @@ epoch while it trains.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +36,9 @@ from benchmarks.real_training import (
     model_input,
     one_cycle,
     random_shift,
+    recipe_cache_path,
     resolve_factory,
+    save_atomic,
 )
 from dfgen.shards import write_json_atomic
 from dfgen.zoo.digits import evaluate
@@ -68,18 +68,6 @@ def channel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def cache_path(recipe: dict[str, Any], data: RealData, cache_dir: str | Path) -> Path:
-    """CACHE/<factory>-<data>-<hash of the recipe>.pt."""
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{recipe['factory']}-{data.name}-{key}.pt"
-
-
 def train_cifar(
     factory_spec: str | Factory,
     data: RealData,
@@ -104,7 +92,7 @@ def train_cifar(
               "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(), "epochs": epochs,
               "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
               "augment": f"crop-pad{CROP_PAD}-flip", "optimizer": "sgd-nesterov-0.9 one-cycle"}
-    weights = cache_path(recipe, data, cache_dir)
+    weights = recipe_cache_path(recipe, data.name, cache_dir)
     if weights_only_path:
         return weights, float("nan")
     record_path = weights.with_suffix(".json")
@@ -140,7 +128,7 @@ def train_cifar(
             schedule.step()
             total += loss.item()
         seconds += time.perf_counter() - start
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "schedule": schedule.state_dict(), "generator": generator.get_state(), "epoch": epoch + 1,
                       "seconds": seconds}, partial)
         if log is not None:
@@ -155,7 +143,7 @@ def train_cifar(
               "mean": mean, "std": std, "image_size": list(data.train_images.shape[1:]),
               "num_classes": int(data.train_labels.max()) + 1,
               "parameters": sum(p.numel() for p in model.parameters())}
-    _save_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    save_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     write_json_atomic(record_path, record)
     partial.unlink(missing_ok=True)
     return weights, test_acc

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfgen.atomic import write_atomic
 from dfgen.shards import write_json_atomic
 from dfgen.zoo.digits import evaluate, normalize, unit_pixels
 
@@ -157,6 +157,17 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:12]
 
 
+def recipe_cache_path(recipe: dict[str, Any], data_name: str, cache_dir: str | Path) -> Path:
+    """CACHE/<factory>-<data>-<hash of the recipe>.pt: a changed recipe never reuses old weights."""
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{recipe['factory']}-{data_name}-{key}.pt"
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save to `path` whole or not at all (a killed run leaves no half-written weights)."""
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
 def train_teacher(
     factory_spec: str | Factory,
     dataset: str | RealData,
@@ -182,8 +193,7 @@ def train_teacher(
               "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(), "epochs": epochs,
               "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay, "max_shift": max_shift,
               "optimizer": "sgd-nesterov-0.9 one-cycle"}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-    weights = Path(cache_dir) / f"{name}-{data.name}-{key}.pt"
+    weights = recipe_cache_path(recipe, data.name, cache_dir)
     record_path = weights.with_suffix(".json")
     if weights.is_file() and record_path.is_file():
         return weights, float(json.loads(record_path.read_text())["test_acc"])
@@ -216,10 +226,7 @@ def train_teacher(
               "num_classes": int(data.train_labels.max()) + 1,
               "parameters": sum(p.numel() for p in model.parameters())}
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, weights)
+    save_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     write_json_atomic(record_path, record)
     return weights, test_acc
 
