@@ -37,8 +37,9 @@ class MapSizes:
         return self.tiny >= 2 and self.tiny >= TINY_SHARE * len(self.sides)
 
 
-def bn_map_sizes(model: nn.Module, in_chans: int, size: int, device: torch.device | str = "cpu") -> MapSizes:
-    """The smaller side of each BatchNorm2d layer's input map for one (1, in_chans, size, size) zero image."""
+def bn_map_sizes(model: nn.Module, in_chans: int, size: int) -> MapSizes:
+    """The smaller side of each BatchNorm2d layer's input map for one (1, in_chans, size, size) zero image, made on
+    the model's own device and in its dtype (a teacher already on a GPU gets a GPU input)."""
     sides: list[int] = []
 
     def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -47,6 +48,7 @@ def bn_map_sizes(model: nn.Module, in_chans: int, size: int, device: torch.devic
     handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     try:
         with torch.no_grad():
