@@ -39,3 +39,15 @@ class AmortizedSettings:
             raise DfgenError(f"--gen-latent-lr must be >= 0, got {self.latent_lr}")
         if not 0 < self.meta_step <= 1:
             raise DfgenError(f"--gen-meta-step must be in (0, 1], got {self.meta_step}")
+
+
+def idle_ranks_note(settings: AmortizedSettings, num_shards: int, world_size: int) -> str | None:
+    """A note where some of `world_size` processes get no chain (chains go to processes whole), else None."""
+    busy = min(settings.chains, num_shards)
+    if world_size <= busy:
+        return None
+    return (f"generator mode: {world_size - busy} of the {world_size} processes would have no work, since chains of "
+            f"shards go to processes whole and this run has {busy} (--gen-chains {settings.chains}, {num_shards} "
+            "shard(s)); "
+            f"give --gen-chains {world_size} or more to use them all (the chain count is part of the configuration, "
+            "so the images change with it)")

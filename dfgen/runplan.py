@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dfgen.amortized_settings import idle_ranks_note
 from dfgen.competitor import load_competitor
 from dfgen.config import (
     AUTO,
@@ -161,6 +162,8 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     multires = resolve_multires(config.multires, schedule, resolution, accepted, teacher.name)
     tiny_note = tiny_maps_note(teacher)  # after resolve_multires: a teacher failing at its own size is refused there
     notes += [tiny_note] if tiny_note else []
+    idle_note = idle_ranks_note(config.generator, plan.num_shards, world) if config.mode == "generator" else None
+    notes += [idle_note] if idle_note else []
     competitor = None
     if config.competitor is not None and weights.competition:
         competitor = load_competitor(config.competitor, config.competitor_weights, teacher)

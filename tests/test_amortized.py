@@ -180,3 +180,16 @@ def test_generator_mode_has_its_own_bn_weight_unless_given():
     assert build_config(None, mode="generator").losses.bn == 10.0
     assert build_config(None, mode="generator", bn=50.0).losses.bn == 50.0
     assert build_config(None).losses.bn == build_config(None, mode="pixels").losses.bn == 100.0
+
+
+def test_processes_beyond_the_chains_are_told_they_have_no_work(tmp_path, capsys):
+    args = dict(n=16, out=str(tmp_path / "o"), **TINY)  # 4 shards, 2 chains
+    run = prepare(SynthesisConfig(rank=0, world_size=3, **args))
+    note = ("generator mode: 1 of the 3 processes would have no work, since chains of shards go to processes whole "
+            "and this run has 2 (--gen-chains 2, 4 shard(s)); give --gen-chains 3 or more")
+    assert note in run.notes[-1] and f"note: {run.notes[-1]}" in capsys.readouterr().err
+    assert not any("no work" in n for n in prepare(SynthesisConfig(rank=0, world_size=2, **args)).notes)
+    fewer_shards = SynthesisConfig(**{**args, "n": 4, "rank": 0, "world_size": 2})  # one shard: one chain has work
+    assert "1 of the 2 processes would have no work" in prepare(fewer_shards, log=False).notes[-1]
+    pixels = SynthesisConfig(**{**args, "mode": "pixels", "generator": None, "rank": 0, "world_size": 3})
+    assert not any("no work" in n for n in prepare(pixels, log=False).notes)
