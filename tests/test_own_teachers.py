@@ -154,6 +154,23 @@ def test_factory_file_one_and_three_channels(dfgen_cli, tmp_path, models_py, cha
     assert sorted({s["cls"].decode() for s in samples}) == ["0", "1", "2", "3"]
 
 
+def test_a_moved_factory_file_is_named_with_what_to_pass(dfgen_cli, tmp_path, models_py):
+    weights = own_weights(tmp_path / "own.ckpt", num_classes=4, in_chans=1)
+    out = tmp_path / "out"
+    code, _, err = dfgen_cli(["synthesize", "--teacher", f"{models_py}:make", "--teacher-weights", weights,
+                              "--teacher-kwargs", "{num_classes: 4, in_chans: 1}", "--image-size", "32", "-n", "4",
+                              "--out", out, *TINY])
+    assert code == 0, err
+    teacher = json.loads((out / "dataset.json").read_text())["teacher"]
+    assert load_recorded_teacher(teacher).num_classes == 4
+    models_py.rename(models_py.with_name("moved.py"))
+    with pytest.raises(DfgenError) as excinfo:
+        load_recorded_teacher(teacher)
+    assert str(excinfo.value) == (
+        f"the teacher's model file recorded in dataset.json, {models_py.resolve()}, is not there (moved or deleted); "
+        f"pass --teacher NEW/PATH/{models_py.name}:make --teacher-weights {Path(weights).resolve()}")
+
+
 def test_factory_module_on_pythonpath_python_api_and_report(dfgen_cli, tmp_path, models_py, monkeypatch):
     """`package.module:factory` form via the Python API; the report rebuilds the teacher from dataset.json (from
     another directory) and shows the class names."""

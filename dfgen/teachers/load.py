@@ -13,7 +13,7 @@ from dfgen.errors import DfgenError
 from dfgen.parsing import parse_floats, parse_kwargs
 from dfgen.teachers.builders import build_model
 from dfgen.teachers.data_config import _fit_channels, check_overrides, model_data_config
-from dfgen.teachers.resolve import resolve_name
+from dfgen.teachers.resolve import is_file_target, resolve_name
 from dfgen.teachers.teacher import Teacher, state_dict_sha256
 from dfgen.teachers.validate import check_teacher
 from dfgen.teachers.weights import read_checkpoint
@@ -90,6 +90,12 @@ def load_recorded_teacher(entry: Mapping[str, Any], weights: str | Path | None =
     name = spec.get("teacher") or entry.get("source") or entry.get("name")
     if not name:
         raise DfgenError("dataset.json names no teacher; pass --teacher NAME")
+    target, sep, factory = str(name).removeprefix("factory:").rpartition(":")
+    if sep and is_file_target(target) and not Path(target).expanduser().is_file():
+        recorded_weights = weights or spec.get("weights")
+        with_weights = f" --teacher-weights {recorded_weights}" if recorded_weights else ""
+        raise DfgenError(f"the teacher's model file recorded in dataset.json, {target}, is not there (moved or "
+                         f"deleted); pass --teacher NEW/PATH/{Path(target).name}:{factory}{with_weights}")
     if weights is None and spec.get("weights"):
         weights = spec["weights"]
         if not Path(weights).is_file():

@@ -61,12 +61,12 @@ def resolve_name(name: str) -> tuple[str, str]:
 def _resolved_factory(spec: str) -> str:
     """A file factory with its absolute path, so the recorded spec rebuilds it from any directory."""
     target, _, attr = spec.rpartition(":")
-    if _is_file_target(target):
+    if is_file_target(target):
         return f"{Path(target).expanduser().resolve()}:{attr}"
     return spec
 
 
-def _is_file_target(target: str) -> bool:
+def is_file_target(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
@@ -75,7 +75,7 @@ def import_factory(spec: str) -> Callable[..., Any]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise DfgenError(f"--teacher {spec!r}: a model factory is written module:factory or path/to/file.py:factory")
-    if _is_file_target(target):
+    if is_file_target(target):
         path = Path(target).expanduser()
         if not path.is_file():
             raise DfgenError(f"teacher factory file not found: {path} (from --teacher {spec})")
