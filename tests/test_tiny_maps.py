@@ -73,5 +73,6 @@ def test_fixed_size_teacher_with_tiny_maps_is_noted():
                       std=(0.5,), num_classes=3, weights_sha256="0")
     assert tiny_maps_note(teacher) == (
         "2 of the teacher's 4 BatchNorm layers see maps of 2x2 or less at 16 px: their statistics constrain the "
-        "images little, so a student may learn less from them; a teacher that keeps wider maps at this size (a 3x3 "
-        "stride-1 stem, no max-pool) transfers better")
+        "images little, so a small set may teach a student less; more images help (--mode generator makes them for "
+        "a tenth of the teacher passes), or a teacher that keeps wider maps at this size (a 3x3 stride-1 stem, no "
+        "max-pool)")
