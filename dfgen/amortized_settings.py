@@ -46,8 +46,12 @@ def idle_ranks_note(settings: AmortizedSettings, num_shards: int, world_size: in
     busy = min(settings.chains, num_shards)
     if world_size <= busy:
         return None
+    remedies = []
+    if settings.chains < world_size:
+        remedies.append(f"--gen-chains {world_size} or more (the chain count is part of the configuration, so the "
+                        "images change with it)")
+    if num_shards < world_size:
+        remedies.append(f"at least {world_size} shards (a smaller --shard-size)")
     return (f"generator mode: {world_size - busy} of the {world_size} processes would have no work, since chains of "
             f"shards go to processes whole and this run has {busy} (--gen-chains {settings.chains}, {num_shards} "
-            "shard(s)); "
-            f"give --gen-chains {world_size} or more to use them all (the chain count is part of the configuration, "
-            "so the images change with it)")
+            f"shard(s)); to use them all give {' and '.join(remedies)}")

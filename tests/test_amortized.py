@@ -186,10 +186,13 @@ def test_processes_beyond_the_chains_are_told_they_have_no_work(tmp_path, capsys
     args = dict(n=16, out=str(tmp_path / "o"), **TINY)  # 4 shards, 2 chains
     run = prepare(SynthesisConfig(rank=0, world_size=3, **args))
     note = ("generator mode: 1 of the 3 processes would have no work, since chains of shards go to processes whole "
-            "and this run has 2 (--gen-chains 2, 4 shard(s)); give --gen-chains 3 or more")
+            "and this run has 2 (--gen-chains 2, 4 shard(s)); to use them all give --gen-chains 3 or more (the chain "
+            "count is part of the configuration, so the images change with it)")
     assert note in run.notes[-1] and f"note: {run.notes[-1]}" in capsys.readouterr().err
     assert not any("no work" in n for n in prepare(SynthesisConfig(rank=0, world_size=2, **args)).notes)
     fewer_shards = SynthesisConfig(**{**args, "n": 4, "rank": 0, "world_size": 2})  # one shard: one chain has work
-    assert "1 of the 2 processes would have no work" in prepare(fewer_shards, log=False).notes[-1]
+    assert prepare(fewer_shards, log=False).notes[-1].endswith(
+        "1 of the 2 processes would have no work, since chains of shards go to processes whole and this run has 1 "
+        "(--gen-chains 2, 1 shard(s)); to use them all give at least 2 shards (a smaller --shard-size)")
     pixels = SynthesisConfig(**{**args, "mode": "pixels", "generator": None, "rank": 0, "world_size": 3})
     assert not any("no work" in n for n in prepare(pixels, log=False).notes)
