@@ -29,16 +29,15 @@ from benchmarks.real_training import (
     EVAL_BATCH,
     Factory,
     RealData,
-    architecture_fingerprint,
     batches,
     build_model,
-    full_kwargs,
     model_input,
     one_cycle,
     random_shift,
     recipe_cache_path,
     resolve_factory,
     save_atomic,
+    sgd_recipe,
 )
 from dfgen.shards import write_json_atomic
 from dfgen.zoo.digits import evaluate
@@ -88,10 +87,8 @@ def train_cifar(
     factory, name = resolve_factory(factory_spec)
     model = build_model(factory, kwargs, seed)
     mean, std = channel_mean_std(data.train_images)
-    recipe = {"recipe_version": RECIPE_VERSION, "factory": name, "kwargs": full_kwargs(factory, kwargs),
-              "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(), "epochs": epochs,
-              "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-              "augment": f"crop-pad{CROP_PAD}-flip", "optimizer": "sgd-nesterov-0.9 one-cycle"}
+    recipe = sgd_recipe(RECIPE_VERSION, name, factory, kwargs, model, data, epochs=epochs, seed=seed, lr=lr,
+                        batch_size=batch_size, weight_decay=weight_decay, augment=f"crop-pad{CROP_PAD}-flip")
     weights = recipe_cache_path(recipe, data.name, cache_dir)
     if weights_only_path:
         return weights, float("nan")
@@ -126,7 +123,7 @@ def train_cifar(
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item()
+            total = total + loss.detach()  # summed on its device: one host read an epoch, in the log line
         seconds += time.perf_counter() - start
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "schedule": schedule.state_dict(), "generator": generator.get_state(), "epoch": epoch + 1,
@@ -134,7 +131,7 @@ def train_cifar(
         if log is not None:
             probe = evaluate(model, data.test_images[:2000], data.test_labels[:2000], EVAL_BATCH, mean=mean, std=std)
             model.train()
-            log(f"{name} {data.name} epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}, "
+            log(f"{name} {data.name} epoch {epoch + 1}/{epochs}: loss {float(total) / steps_per_epoch:.4f}, "
                 f"test top-1 on 2,000 {probe:.4f}, {time.perf_counter() - start:.0f} s")
     test_acc = evaluate(model, data.test_images, data.test_labels, EVAL_BATCH, mean=mean, std=std)
     spec = factory_spec if isinstance(factory_spec, str) else name

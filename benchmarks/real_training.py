@@ -163,6 +163,15 @@ def recipe_cache_path(recipe: dict[str, Any], data_name: str, cache_dir: str | P
     return Path(cache_dir) / f"{recipe['factory']}-{data_name}-{key}.pt"
 
 
+def sgd_recipe(version: int, name: str, factory: Factory, kwargs: dict[str, Any] | None, model: nn.Module,
+               data: RealData, **settings: Any) -> dict[str, Any]:
+    """What decides a trained network's weights under the benchmarks' SGD recipes (the cache key of
+    `recipe_cache_path`): the recipe's version, the network, the data, and `settings` (epochs, seed, lr, ...)."""
+    return {"recipe_version": version, "factory": name, "kwargs": full_kwargs(factory, kwargs),
+            "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(),
+            "optimizer": "sgd-nesterov-0.9 one-cycle", **settings}
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to `path` whole or not at all (a killed run leaves no half-written weights)."""
     write_atomic(path, lambda f: torch.save(state, f))
@@ -189,10 +198,8 @@ def train_teacher(
     data = real_data(dataset) if isinstance(dataset, str) else dataset
     model = build_model(factory, kwargs, seed)
     mean, std = mean_std(data.train_images)
-    recipe = {"recipe_version": RECIPE_VERSION, "factory": name, "kwargs": full_kwargs(factory, kwargs),
-              "architecture": architecture_fingerprint(model), "dataset": data.fingerprint(), "epochs": epochs,
-              "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay, "max_shift": max_shift,
-              "optimizer": "sgd-nesterov-0.9 one-cycle"}
+    recipe = sgd_recipe(RECIPE_VERSION, name, factory, kwargs, model, data, epochs=epochs, seed=seed, lr=lr,
+                        batch_size=batch_size, weight_decay=weight_decay, max_shift=max_shift)
     weights = recipe_cache_path(recipe, data.name, cache_dir)
     record_path = weights.with_suffix(".json")
     if weights.is_file() and record_path.is_file():
