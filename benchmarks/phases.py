@@ -70,7 +70,8 @@ def synthesize_phase(out: Path, options: dict[str, Any]) -> dict[str, Any]:
     dfgen.synthesize(dfgen.build_config(None, out=str(out), quiet=True, **options))
     description = read_description(out)
     return {"path": str(out), "schedule": description["schedule"], "agreement": description["stats"]["agreement"],
-            "derived": description.get("derived"), "seconds": since(start)}
+            "derived": description.get("derived"), "cost": description.get("cost", {}).get("per_image"),
+            "seconds": since(start)}
 
 
 def kd_phase(student: str, load: Callable[[dict[str, Any]], nn.Module], teacher: dict[str, Any],

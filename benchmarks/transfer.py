@@ -2,6 +2,7 @@
 nobody tuned for, with the defaults alone?
 
     python -m benchmarks.transfer [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
+        [--mode generator]
 
 Teachers of four families, each trained by the benchmarks on the real data they have (cached by a hash of the
 recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's own model file with nothing but
@@ -25,7 +26,10 @@ on, fixed reach 0.3 / margin 0.5; the old two-stage schedule cannot run on the f
 is kept); `upsample` / `native`, the multi-resolution mode forced; `crops`, in-loop random-resized crops
 (`--crop-min-scale 0.25`); `plain`, DeepInversion without the diversity terms. `--stored-soft-labels` adds DearKD
 micro cells without the teacher (so without the hidden loss): from the logits stored on each whole image, and from
-16 stored crops per image replayed exactly (FKD-style, `dfgen synthesize --soft-views`).
+16 stored crops per image replayed exactly (FKD-style, `dfgen synthesize --soft-views`). `--mode generator` makes
+every teacher's set in dfgen's generator mode instead (`--mode generator --gen-steps 30`: about a twentieth of the
+pixel mode's teacher passes), beside the default sets in the same --out (the real rows are shared); each row
+records the teacher passes per image dfgen counted.
 
 Every phase is cached under --out (an interrupted run continues). Prints one JSON line last with the wall time of
 each phase.
@@ -87,6 +91,11 @@ STORED_VIEWS = {"soft_views": 16, "soft_view_min_scale": 0.6}
 # RandAugment or cutmix (they change the image, not its stored target): on 500 digits 79.8% against 28.7% under the
 # preset's hard distillation, RandAugment and cutmix (docs/design.md): phases.py's SOFT_TARGETS, which published.py's
 # DearKD rows use online too
+# --mode: the synthesis settings of every teacher's set, and the prefix of its files (the default sets keep their names)
+MODES: dict[str, tuple[dict[str, Any], str]] = {
+    "pixels": ({}, ""),
+    "generator": ({"mode": "generator", "gen_steps": 30, "gen_width": 8}, "gen30-"),
+}
 TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests
        "distill": {"epochs": 1, "stage1_epochs": 1, "batch_size": 8, "eval_every": 1}}
 
@@ -184,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = out / "results"
     teachers = [key for key in TEACHERS if not args.teachers or key in args.teachers]
     variants = {key: args.variants for key in teachers if key in args.variant_teachers}
+    mode_settings, prefix = MODES[args.mode]
     jobs = Jobs(args.jobs, args.threads)
     try:
         for key in teachers:
@@ -193,8 +203,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for data in sorted({TEACHERS[key]["data"] for key in teachers})}
         teacher = {key: jobs.result(f"teacher_{key}") for key in teachers}
         for key in teachers:
-            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{key}.json", synthesize_phase,
-                        out / f"syn_{key}", synthesis_options(teacher[key], args.n, None, iterations))
+            jobs.submit(f"synthesize_{key}", cached, results / f"synthesize_{prefix}{key}.json", synthesize_phase,
+                        out / f"syn_{prefix}{key}", synthesis_options(teacher[key], args.n, mode_settings, iterations))
         stored_rows = args.stored_soft_labels and not args.no_dearkd
         for key in teachers:
             if stored_rows and key in args.variant_teachers:
@@ -208,17 +218,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             synthesis_options(teacher[key], args.n, VARIANTS[variant], iterations))
         for key in teachers:
             data, path = real[TEACHERS[key]["data"]], jobs.result(f"synthesize_{key}")["path"]
-            jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{key}-{kd}.json", kd_job, teacher[key], path,
-                        data["test"], kd_steps)
+            jobs.submit(f"kd_syn_{key}", cached, results / f"kd_syn_{prefix}{key}-{kd}.json", kd_job, teacher[key],
+                        path, data["test"], kd_steps)
             jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}-{kd}.json", kd_job, teacher[key],
                         data["train"], data["test"], kd_steps)
-            for row, train in (("syn", path), ("real", data["train"])):
-                jobs.submit(f"kd_plain_{row}_{key}", cached, results / f"kd_plain_{row}_{key}-plain{kd_steps}.json",
+            for row, train, name in (("syn", path, f"syn_{prefix}"), ("real", data["train"], "real_")):
+                jobs.submit(f"kd_plain_{row}_{key}", cached, results / f"kd_plain_{name}{key}-plain{kd_steps}.json",
                             kd_plain_job, teacher[key], train, data["test"], kd_steps)
             if not args.no_dearkd:
                 tag = DISTILL[TEACHERS[key]["data"]][2]
                 for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
-                    tagged = f"dearkd_{row}_{key}{tag}"
+                    tagged = f"dearkd_{row}_{prefix if row == 'syn' else ''}{key}{tag}"
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"{tagged}.json", distill_job,
                                 out / f"run_{tagged}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
@@ -256,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cell["ratio"] = round(cell["synthetic"] / max(cell["real"], 1e-9), 4)
             derived = syn["derived"] or {}
             matrix[key] = {"teacher_acc": round(teacher[key]["test_acc"], 4), "agreement": syn["agreement"],
+                           "teacher_passes_per_image": (syn.get("cost") or {}).get("teacher_passes"),
                            "schedule": syn["schedule"], "flip": (derived.get("flip") or {}).get("value"),
                            "reach": (derived.get("ep_reach") or {}).get("value"),
                            "multires": derived.get("multires"), "students": cells,
@@ -268,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = [(name, cell["ratio"]) for row in matrix.values() for name, cell in row["students"].items()]
     met = sum(ratio >= (TARGET_PLAIN if name == "small_cnn_kd_plain" else TARGET) for name, ratio in cells)
     seconds["total_this_invocation"] = round(time.perf_counter() - begin)
-    return {"benchmark": "transfer", "n_images": args.n, "matrix": matrix, "target_ratio": TARGET,
+    return {"benchmark": "transfer", "n_images": args.n, "mode": args.mode, "matrix": matrix, "target_ratio": TARGET,
             "target_ratio_plain_kd": TARGET_PLAIN, "min_ratio": min(ratio for _, ratio in cells),
             "cells_meeting_target": f"{met}/{len(cells)}", "seconds": seconds}
 
@@ -285,6 +296,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "whole image's logits, and the same images synthesized again with 16 stored views each")
     parser.add_argument("--variant-teachers", nargs="*", default=["digits_cnn", "lenet5_bn_mnist"],
                         choices=sorted(TEACHERS), help="the teachers the variants run on [digits_cnn lenet5_bn_mnist]")
+    parser.add_argument("--mode", choices=sorted(MODES), default="pixels",
+                        help="synthesis mode of every teacher's set: the default pixels, or generator "
+                        "(--mode generator --gen-steps 30) [pixels]")
     parser.add_argument("--no-dearkd", action="store_true", help="skip the DearKD micro column (the slow one)")
     parser.add_argument("--toy", action="store_true", help="20 images, 2 iterations a stage: the path, for tests")
     add_job_options(parser)

@@ -49,3 +49,22 @@ def test_toy_transfer_matrix_runs_the_whole_path_and_caches_each_phase(tmp_path,
     assert again["matrix"] == result["matrix"]
     timed = [name for name in result["seconds"] if name != "total_this_invocation"]
     assert all(again["seconds"][name] == result["seconds"][name] for name in timed)
+
+
+def test_generator_mode_makes_its_own_sets_beside_the_default_ones_and_shares_the_real_rows(tmp_path):
+    argv = ["--toy", "--out", str(tmp_path), "--teachers", "digits_cnn", "--jobs", "1", "--no-dearkd"]
+    pixels = transfer.main(argv)
+    generator = transfer.main([*argv, "--mode", "generator"])
+    assert (pixels["mode"], generator["mode"]) == ("pixels", "generator")
+    configs = {name: json.loads((tmp_path / "toy20" / name / "config.json").read_text())["content"]
+               for name in ("syn_digits_cnn", "syn_gen30-digits_cnn")}
+    assert configs["syn_gen30-digits_cnn"]["mode"] == "generator"
+    assert configs["syn_gen30-digits_cnn"]["generator"]["steps"] == 30
+    assert "mode" not in configs["syn_digits_cnn"]  # the pixel mode, as the default sets were made
+    row, default_row = generator["matrix"]["digits_cnn"], pixels["matrix"]["digits_cnn"]
+    for name, result_row in (("syn_digits_cnn", default_row), ("syn_gen30-digits_cnn", row)):  # what dfgen counted
+        cost = json.loads((tmp_path / "toy20" / name / "dataset.json").read_text())["cost"]["per_image"]
+        assert result_row["teacher_passes_per_image"] == cost["teacher_passes"] > 0
+    for cell, job in (("small_cnn_kd", "kd_real_digits_cnn"), ("small_cnn_kd_plain", "kd_plain_real_digits_cnn")):
+        assert row["students"][cell]["real"] == default_row["students"][cell]["real"]
+        assert generator["seconds"][job] == pixels["seconds"][job]  # the real rows come from the cache, run once
