@@ -17,7 +17,9 @@ GENERATOR_BN = 10.0
 
 @dataclass
 class AmortizedSettings:
-    steps: int = 10  # adaptation steps per batch: teacher passes per image, warm-up aside
+    # adaptation steps per batch: teacher passes per image, warm-up aside. 30 is where the mode's students matched the
+    # pixel mode's on MNIST (LeNet-5-half 97.52% against 97.40% at 500 images, 98.62% at 24,000; 10 steps: 97.00%)
+    steps: int = 30
     width: int = 8  # channels of the generator's last hidden map (dfgen.generator)
     latent: int = 32  # latent size
     lr: float = 0.01  # Adam's learning rate of the adaptation steps (betas 0.5, 0.999; fresh per batch)

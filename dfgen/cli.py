@@ -140,7 +140,7 @@ def cli() -> None:
               "through the schedule (DeepInversion); generator: a small image generator whose starting weights are "
               "meta-learned as synthesis goes takes --gen-steps steps per batch on the same losses [pixels].")
 @click.option("--gen-steps", type=click.IntRange(min=1), help="Generator mode: adaptation steps (teacher passes) "
-              "per batch [10].")
+              "per batch [30].")
 @click.option("--gen-width", type=click.IntRange(min=1), help="Generator mode: channels of the generator's last "
               "hidden map; its cost grows with the square [8].")
 @click.option("--gen-latent", type=click.IntRange(min=1), help="Generator mode: latent size [32].")

@@ -150,7 +150,7 @@ def test_fingerprint_holds_the_mode_and_its_settings():
     pixels = SynthesisConfig(n=8).content_fields()
     assert "mode" not in pixels and "generator" not in pixels  # pixel-mode directories keep their fingerprint
     generator = SynthesisConfig(n=8, mode="generator").content_fields()
-    assert generator["mode"] == "generator" and generator["generator"]["steps"] == 10
+    assert generator["mode"] == "generator" and generator["generator"]["steps"] == 30
     fingerprints = {config_fingerprint(SynthesisConfig(n=8, mode="generator", generator=g).content_fields())
                     for g in ({}, {"steps": 5}, {"width": 4}, {"chains": 2}, {"meta_step": 0.3})}
     assert len(fingerprints) == 5
