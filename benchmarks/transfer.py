@@ -4,7 +4,7 @@ nobody tuned for, with the defaults alone?
     python -m benchmarks.transfer [--n 1000] [--out bench_out/transfer] [--variants before upsample crops plain]
         [--mode generator]
 
-Teachers of four families, each trained by the benchmarks on the real data they have (cached by a hash of the
+Teachers of six families, each trained by the benchmarks on the real data they have (cached by a hash of the
 recipe; benchmarks/real_training.py), handed to `dfgen synthesize` as the user's own model file with nothing but
 `--teacher`, its weights, image size and normalization (no schedule, no loss weights, no flip setting):
 
@@ -222,13 +222,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         path, data["test"], kd_steps)
             jobs.submit(f"kd_real_{key}", cached, results / f"kd_real_{key}-{kd}.json", kd_job, teacher[key],
                         data["train"], data["test"], kd_steps)
-            for row, train, name in (("syn", path, f"syn_{prefix}"), ("real", data["train"], "real_")):
-                jobs.submit(f"kd_plain_{row}_{key}", cached, results / f"kd_plain_{name}{key}-plain{kd_steps}.json",
+            rows = (("syn", path, f"{prefix}{key}", None), ("real", data["train"], key, args.n))  # real: shared
+            for row, train, name, _ in rows:
+                jobs.submit(f"kd_plain_{row}_{key}", cached, results / f"kd_plain_{row}_{name}-plain{kd_steps}.json",
                             kd_plain_job, teacher[key], train, data["test"], kd_steps)
             if not args.no_dearkd:
                 tag = DISTILL[TEACHERS[key]["data"]][2]
-                for row, train, steps_like in (("syn", path, None), ("real", data["train"], args.n)):
-                    tagged = f"dearkd_{row}_{prefix if row == 'syn' else ''}{key}{tag}"
+                for row, train, name, steps_like in rows:
+                    tagged = f"dearkd_{row}_{name}{tag}"
                     jobs.submit(f"dearkd_{row}_{key}", cached, results / f"{tagged}.json", distill_job,
                                 out / f"run_{tagged}", TEACHERS[key]["data"], train, data["test"], path,
                                 steps_like, args.toy)
