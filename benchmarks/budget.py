@@ -64,7 +64,7 @@ def point_overrides(name: str, image_size: int = 28) -> dict[str, Any]:
     """dfgen.build_config overrides of a point's name (see the module's docstring) for a teacher of `image_size`."""
     match = re.fullmatch(r"pixels((?:-[a-z]+[0-9.e-]+?)*)", name)
     if match:
-        return _settings(name, match.group(1), _PIXEL_KEYS, {}, image_size)
+        return _settings(name, match.group(1), _PIXEL_KEYS, {"mode": "pixels"}, image_size)
     match = re.fullmatch(r"gen-k(\d+)-w(\d+)((?:-[a-z]+[0-9.e-]+?)*)", name)
     if not match:
         raise ValueError(f"unknown point {name!r}: pixels[-itN][-lowN][-esX][-ewN][-lrX] or "

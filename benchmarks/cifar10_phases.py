@@ -82,11 +82,11 @@ def export_job(source: str | None, out: Path, fractions: dict[str, float], limit
 
 def synthesis_options(teacher: dict[str, Any], n: int, plain: bool, schedule: str | None,
                       mode: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """The tool's defaults for the teacher given as the user's own model file; `plain`: without the boundary
+    """The tool's pixel-mode defaults for the teacher given as the user's own model file; `plain`: without the boundary
     losses (DeepInversion alone); `mode`: generator-mode overrides (`mode`, `gen_steps`, `gen_width`)."""
     return {"teacher": f"{NETS}:{TEACHER}", "teacher_weights": teacher["weights"], "image_size": 32,
             "mean": teacher["mean"], "std": teacher["std"], "n": n, "no_diversity": plain or None,
-            "schedule": schedule, "seed": seed, **(mode or {})}
+            "schedule": schedule, "seed": seed, **(mode or {"mode": "pixels"})}
 
 
 def synthesize_job(out: Path, options: dict[str, Any]) -> dict[str, Any]:

@@ -105,12 +105,12 @@ def export_job(dataset: str, out: Path, limit: int | None = None) -> dict[str, A
 
 def synthesis_options(teacher: dict[str, Any], name: str, n: int, no_diversity: bool, schedule: str | None = None,
                       seed: int = 0, competitor: str | None = None) -> dict[str, Any]:
-    """The tool's defaults for this teacher, given as the user's own model file; `competitor`: a LeNet-5-half
+    """The tool's pixel-mode defaults for this teacher, given as the user's own model file; `competitor`: a LeNet-5-half
     weights file for a second round (--competitor)."""
     rival = {"competitor": f"{NETS}:lenet5_half", "competitor_weights": competitor} if competitor else {}
     return {"teacher": f"{NETS}:{name}", "teacher_weights": teacher["weights"], "image_size": 28,
             "mean": teacher["mean"], "std": teacher["std"], "n": n, "no_diversity": no_diversity or None,
-            "schedule": schedule, "seed": seed, **rival}
+            "schedule": schedule, "seed": seed, "mode": "pixels", **rival}
 
 
 KD_RECIPE = "kd-cutmix-affine"  # in the result files' names: a changed recipe does not reuse old rows

@@ -83,7 +83,7 @@ def diversity(args: argparse.Namespace, work: Path) -> dict:
         config = dfgen.SynthesisConfig(
             teacher="digits", n=args.n, out=str(work / name), schedule=args.schedule,
             classes_per_batch=args.classes_per_batch, images_per_class=args.synth_images_per_class,
-            warmup=args.warmup, seed=args.seed, no_diversity=plain, device=args.device, quiet=True,
+            warmup=args.warmup, seed=args.seed, no_diversity=plain, device=args.device, quiet=True, mode="pixels",
         )
         dfgen.synthesize(config)
         made[name] = time.perf_counter() - start

@@ -93,7 +93,7 @@ STORED_VIEWS = {"soft_views": 16, "soft_view_min_scale": 0.6}
 # DearKD rows use online too
 # --mode: the synthesis settings of every teacher's set, and the prefix of its files (the default sets keep their names)
 MODES: dict[str, tuple[dict[str, Any], str]] = {
-    "pixels": ({}, ""),
+    "pixels": ({"mode": "pixels"}, ""),
     "generator": ({"mode": "generator", "gen_steps": 30, "gen_width": 8}, "gen30-"),
 }
 TOY = {"n": 20, "schedule": "2", "kd_steps": 2, "teacher_epochs": 1,  # the whole path in seconds, for tests

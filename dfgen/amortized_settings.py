@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from dfgen.errors import DfgenError
 
-MODES = ("pixels", "generator")
+MODES = ("pixels", "generator")  # and "auto" (the default): dfgen.mode_choice decides per teacher
 # The BN statistics weight of the generator mode where none is given (normalized loss form; the pixel mode's is 100):
 # on the MNIST LeNet-5-BN teacher at 10 adaptation steps a batch, teacher agreement 0.51 at 100, 0.90 at 30, 0.985
 # at 10, 0.98 at 3 (400 images; docs/design.md)

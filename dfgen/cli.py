@@ -94,8 +94,8 @@ def cli() -> None:
 @click.option("--tv-l2", type=float, help="Weight of the L2 total variation [0.439; paper form 1e-4].")
 @click.option("--tv-l1", type=float, help="Weight of the L1 total variation [0].")
 @click.option("--l2", type=float, help="Weight of the L2 image prior [0.00388; paper form 1e-5].")
-@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [100, --mode generator 10; paper "
-              "form 5e-2].")
+@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [100; 10 in the generator mode; "
+              "paper form 5e-2].")
 @click.option("--first-bn-multiplier", type=float, help="Multiplier of the first BN layer [10].")
 @click.option("--ep", type=float, help="Weight of the easy-positive diversity loss [50].")
 @click.option("--triplet", type=float, help="Weight of the boundary triplet loss [0.5].")
@@ -136,9 +136,12 @@ def cli() -> None:
               "its own logits); 0: none [0].")
 @click.option("--soft-view-min-scale", type=click.FloatRange(0, 1, min_open=True), help="Smallest area fraction "
               "of a stored view's crop [0.25].")
-@click.option("--mode", type=click.Choice(["pixels", "generator"]), help="pixels: optimise each batch's pixels "
-              "through the schedule (DeepInversion); generator: a small image generator whose starting weights are "
-              "meta-learned as synthesis goes takes --gen-steps steps per batch on the same losses [pixels].")
+@click.option("--mode", type=click.Choice(["auto", "pixels", "generator"]), help="pixels: optimise each batch's "
+              "pixels through the schedule (DeepInversion); generator: a small image generator whose starting weights "
+              "are meta-learned as synthesis goes takes --gen-steps steps per batch on the same losses, about a "
+              "twentieth of the teacher passes; auto: generator for teachers of up to 32 px (where it was measured "
+              "to teach as well), pixels for larger ones or when --schedule, --early-stop or --competitor is given "
+              "(a --gen-* option: generator); a resumed folder keeps its mode [auto].")
 @click.option("--gen-steps", type=click.IntRange(min=1), help="Generator mode: adaptation steps (teacher passes) "
               "per batch [30].")
 @click.option("--gen-width", type=click.IntRange(min=1), help="Generator mode: channels of the generator's last "

@@ -131,9 +131,13 @@ class SynthesisConfig:
     no_diversity: bool = False
     precision: str = "auto"
     # pixels: each batch's pixels optimised through the schedule; generator: a meta-learned generator adapted a few
-    # steps per batch (dfgen.amortized), with its settings
-    mode: str = "pixels"
+    # steps per batch (dfgen.amortized), with its settings; auto: decided from the teacher (dfgen.mode_choice), and
+    # pixels where a pixel-mode option (a schedule, an early stop, a competitor) is given
+    mode: str = AUTO
     generator: AmortizedSettings = field(default_factory=AmortizedSettings)
+    # auto mode: if it takes the generator, the generator's own BN weight replaces the losses' (build_config clears
+    # this where a BN weight is given); not part of the content, which records the weight itself
+    mode_bn: bool = True
     # How it runs; not part of the content.
     device: str = "auto"
     log_every: int = 50
@@ -168,8 +172,10 @@ class SynthesisConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise DfgenError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self.flip = parse_flip(self.flip)
-        if self.mode not in MODES:
-            raise DfgenError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in (AUTO, *MODES):
+            raise DfgenError(f"--mode must be one of {', '.join((AUTO, *MODES))}, got {self.mode!r}")
+        if self.mode == AUTO and (self.schedule is not None or self.early_stop is not None or self.competitor):
+            self.mode = "pixels"  # options of the pixel mode alone: the intent is clear
         if isinstance(self.generator, dict):
             self.generator = AmortizedSettings(**self.generator)
         if self.competitor is not None and self.competitor_weights is None:
@@ -221,6 +227,7 @@ class SynthesisConfig:
             data.pop(name, None)
         data["losses"] = losses_content(self.effective_losses)
         data.pop("no_diversity")
+        data.pop("mode_bn")  # the weight it decides is in the losses
         for name in OPTIONAL_CONTENT_FIELDS:
             if data.get(name) in (None, False):
                 data.pop(name, None)
@@ -322,7 +329,7 @@ def config_fingerprint(content: dict[str, Any]) -> str:
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     data = read_config_file(path)
-    known = {f.name for f in dataclasses.fields(SynthesisConfig)}
+    known = {f.name for f in dataclasses.fields(SynthesisConfig)} - {"mode_bn"}
     loss_names = {f.name for f in dataclasses.fields(LossWeights)}
     losses = data.pop("losses", None) or {}
     if not isinstance(losses, dict) or not all(isinstance(key, str) for key in losses):
@@ -363,6 +370,10 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
             losses[key] = value
         else:
             data[key] = value
-    if data.get("mode") == "generator" and "bn" not in losses and losses.get("form", "normalized") == "normalized":
+    if data.get("mode", AUTO) == AUTO and generator:
+        data["mode"] = "generator"  # generator settings given: the intent is clear
+    bn_left = "bn" not in losses and losses.get("form", "normalized") == "normalized"
+    if data.get("mode") == "generator" and bn_left:
         losses["bn"] = GENERATOR_BN  # the generator's own balance of BN statistics against the class (design.md)
+    data["mode_bn"] = bn_left
     return SynthesisConfig(**data, losses=synthesis_losses(**losses), generator=AmortizedSettings(**generator))

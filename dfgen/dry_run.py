@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch
 from dfgen.config import SynthesisConfig, format_schedule
 from dfgen.cost_plan import describe_cost
 from dfgen.dry_run_generator import describe_generator_basis, estimate_generator
+from dfgen.outdir import claimed_mode
 from dfgen.plan import LabelPlan
 from dfgen.probe import needs_probe, probe_labels, probe_schedule
 from dfgen.runplan import RunPlan, engine_for, explain_out_of_memory, set_up
@@ -200,7 +202,9 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
                                **config.teacher_options())
     if config.world_size is not None and config.rank is None:  # the plan covers every rank: none is needed
         config = dataclasses.replace(config, rank=0)
-    run = set_up(config, teacher, probe=False)  # settings left to the probe take stand-in values
+    run = set_up(config, teacher, probe=False,  # settings left to the probe take stand-in values
+                 resumed_mode=claimed_mode(Path(config.out), config.overwrite))
+    config = run.config  # its mode decided
     plan = run.plan
     probe_note = describe_probe_plan(run)
     with explain_out_of_memory(run):
@@ -209,8 +213,9 @@ def describe_plan(config: SynthesisConfig, teacher: Teacher | None = None) -> st
         f"teacher      {teacher.name} ({teacher.source}), {teacher.num_classes} classes, input {teacher.input_size}",
         f"images       {plan.n:,} in {plan.num_shards:,} shard(s) of {plan.shard_size} "
         f"({plan.num_batches:,} batches of {plan.classes_per_batch} classes x {plan.images_per_class})",
-        f"schedule     {format_schedule(run.schedule)} on {run.device} ({run.precision}"
-        f"{', compiled' if config.compile else ''})",
+        f"schedule     {format_schedule(run.schedule)}"
+        f"{' (the start-up probe only: the generator draws at the teacher size)' if config.mode == 'generator' else ''}"
+        f" on {run.device} ({run.precision}{', compiled' if config.compile else ''})",
     ]
     if probe_note:
         lines.append(probe_note)

@@ -45,6 +45,6 @@ def check_early_stop(tolerance: float | None, window: int, mode: str) -> tuple[f
     tolerance = check_number(tolerance, "--early-stop", False, 0, 1, True)
     if tolerance >= 1:
         raise DfgenError(f"--early-stop must be a relative improvement below 1 (e.g. 0.01), got {tolerance}")
-    if mode != "pixels":
+    if mode == "generator":
         raise DfgenError("--early-stop stops pixel-mode stages; --mode generator takes a fixed --gen-steps")
     return tolerance, window

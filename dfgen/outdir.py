@@ -136,6 +136,14 @@ def remove_dataset_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def claimed_mode(out: Path, overwrite: bool = False) -> str | None:
+    """The synthesis mode of the dataset claimed in `out` (None: no claim, or it is to be overwritten)."""
+    existing = None if overwrite else read_claim(Path(out))
+    if existing is None or not isinstance(existing.get("content"), dict):
+        return None
+    return existing["content"].get("mode", "pixels")  # pixel-mode contents carry no mode entry
+
+
 def read_claim(out: Path) -> dict[str, Any] | None:
     """config.json of `out`, or None where there is none; a damaged one is refused in one line."""
     config_path = out / CONFIG_FILE

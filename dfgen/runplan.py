@@ -39,6 +39,7 @@ from dfgen.inversion import (
     bn_noise_levels,
     is_out_of_memory,
 )
+from dfgen.mode_choice import resolve_mode
 from dfgen.plan import LabelPlan, batch_layout, shard_size_for
 from dfgen.probe import (
     STAND_IN,
@@ -127,20 +128,23 @@ class RunPlan(RunRequest):
 
 
 def set_up(config: SynthesisConfig, teacher: Teacher | None = None, recorded: dict[str, Any] | None = None,
-           log: bool = True, probe: bool = True) -> RunPlan:
+           log: bool = True, probe: bool = True, resumed_mode: str | None = None) -> RunPlan:
     """The run `config` asks for, finished: `prepare`, then what the teacher decides. A probe `recorded` in
     config.json (`derived_record`) for the same request is reused, not run again. Without `probe` (a plan's cost
     estimate) settings left to the probe take stand-in values, which do not change the cost."""
-    return decide(prepare(config, teacher, log), recorded, log, probe)
+    return decide(prepare(config, teacher, log, resumed_mode), recorded, log, probe)
 
 
-def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool = True) -> RunRequest:
-    """Resolve the teacher, defaults, batch layout, device and rank (no files written). Values adjusted from near
-    misses are noted on stderr (`log`) and kept in RunRequest.notes."""
+def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool = True,
+            resumed_mode: str | None = None) -> RunRequest:
+    """Resolve the teacher, defaults (the mode among them: `resumed_mode` is that of shards already made, see
+    dfgen.mode_choice), batch layout, device and rank (no files written). Values adjusted from near misses are noted
+    on stderr (`log`) and kept in RunRequest.notes."""
     rank, world, local = world_from_env(config.rank, config.world_size)
     device = resolve_device(config.device, local)
     if teacher is None:
         teacher = load_teacher(config.teacher, config.teacher_weights, device="cpu", **config.teacher_options())
+    config, mode_note = resolve_mode(config, teacher.resolution, resumed_mode)
     check_writable_channels(teacher.in_chans, config.format)
     if config.class_names is not None and len(config.class_names) != teacher.num_classes:
         raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "
@@ -156,6 +160,7 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
         raise DfgenError("the diversity losses need --images-per-class >= 2 (or pass --no-diversity)")
     shard_size, shard_note = shard_size_for(config.shard_size, classes_per_batch * images_per_class)
     notes += [shard_note] if shard_note else []
+    notes += [mode_note] if mode_note else []
     plan = LabelPlan(n=config.n, num_classes=teacher.num_classes, classes_per_batch=classes_per_batch,
                      images_per_class=images_per_class, seed=config.seed, shard_size=shard_size)
     accepted = accepted_resolutions(teacher.model, teacher.in_chans, [r for r, _ in schedule] + [resolution])

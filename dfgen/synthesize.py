@@ -31,6 +31,7 @@ from dfgen.outdir import (
     check_claim_before_probe,
     check_out_dir,
     claim_out_dir,
+    claimed_mode,
     completion_note,
     finalize,
     recorded_derivation,
@@ -120,7 +121,7 @@ def synthesize(
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     start = time.perf_counter()
-    request = prepare(config, teacher)
+    request = prepare(config, teacher, resumed_mode=claimed_mode(Path(config.out), config.overwrite))
     set_process_rank(request.rank)
     check_out_dir(request)  # before the probe: a folder of other data is refused at once,
     check_claim_before_probe(request)  # and a dataset made with another configuration

@@ -147,7 +147,7 @@ def test_sigkill_then_resume_is_identical(tmp_path):
 
 
 def test_fingerprint_holds_the_mode_and_its_settings():
-    pixels = SynthesisConfig(n=8).content_fields()
+    pixels = SynthesisConfig(n=8, mode="pixels").content_fields()
     assert "mode" not in pixels and "generator" not in pixels  # pixel-mode directories keep their fingerprint
     generator = SynthesisConfig(n=8, mode="generator").content_fields()
     assert generator["mode"] == "generator" and generator["generator"]["steps"] == 30

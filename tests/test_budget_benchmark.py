@@ -8,8 +8,8 @@ from benchmarks.budget import main, parse_args, point_overrides
 
 
 def test_point_names_map_to_settings():
-    assert point_overrides("pixels") == {}
-    assert point_overrides("pixels-it50") == {"schedule": "7:50,14:50,28:50"}
+    assert point_overrides("pixels") == {"mode": "pixels"}  # named: the default is chosen per teacher
+    assert point_overrides("pixels-it50") == {"mode": "pixels", "schedule": "7:50,14:50,28:50"}
     assert point_overrides("gen-k5-w4-lr1e-3-m0.3-z0.01-wu20-c2") == {
         "mode": "generator", "gen_steps": 5, "gen_width": 4, "gen_lr": 0.001, "gen_meta_step": 0.3,
         "gen_latent_lr": 0.01, "gen_warmup_steps": 20, "gen_chains": 2}
@@ -23,10 +23,10 @@ def test_unknown_points_are_refused(name, capsys):
 
 
 def test_pixel_levers_and_the_teachers_size():
-    assert point_overrides("pixels-low50") == {"schedule": "7:50,14:50,28:200"}
-    assert point_overrides("pixels-es0.01-ew20") == {"early_stop": 0.01, "early_stop_window": 20}
-    assert point_overrides("pixels-it100-lr0.5") == {"schedule": "7:100,14:100,28:100", "lr": 0.5}
-    assert point_overrides("pixels-low10", 32) == {"schedule": "8:10,16:10,32:200"}
+    assert point_overrides("pixels-low50") == {"mode": "pixels", "schedule": "7:50,14:50,28:200"}
+    assert point_overrides("pixels-es0.01-ew20") == {"mode": "pixels", "early_stop": 0.01, "early_stop_window": 20}
+    assert point_overrides("pixels-it100-lr0.5") == {"mode": "pixels", "schedule": "7:100,14:100,28:100", "lr": 0.5}
+    assert point_overrides("pixels-low10", 32) == {"mode": "pixels", "schedule": "8:10,16:10,32:200"}
     with pytest.raises(ValueError, match="unknown setting 'm'"):
         point_overrides("pixels-m0.5")
 

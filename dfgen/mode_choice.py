@@ -1,0 +1,44 @@
+"""Which synthesis mode `--mode auto` (the default) takes for a teacher. The generator mode (dfgen.amortized)
+taught every student measured as well as the pixel mode, within about a point, from a seventeenth to a twentieth of
+the teacher passes, on every teacher it was measured on; those teachers take 28 and 32 px inputs (MNIST,
+Fashion-MNIST, digits, CIFAR-10, stock ImageNet architectures fine-tuned on small images). Larger teachers keep
+DeepInversion's pixel optimisation, the method their presets were written for, until the generator is measured
+there (docs/design.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dfgen.amortized_settings import GENERATOR_BN, MODES
+from dfgen.config import SynthesisConfig
+from dfgen.loss_weights import AUTO
+
+GENERATOR_MAX_SIZE = 32  # the largest teacher input size the generator mode has been measured at
+
+
+def auto_mode(resolution: int) -> str:
+    """The mode `--mode auto` takes for a teacher of this input size."""
+    return "generator" if resolution <= GENERATOR_MAX_SIZE else "pixels"
+
+
+def resolve_mode(config: SynthesisConfig, resolution: int,
+                 resumed: str | None = None) -> tuple[SynthesisConfig, str | None]:
+    """`config` with an auto mode decided, and a note saying what was decided (None where there is nothing to say).
+    `resumed`: the mode of the shards already in the output folder; a resumed run continues as it began."""
+    if config.mode != AUTO:
+        return config, None
+    by_size = auto_mode(resolution)
+    mode = resumed if resumed in MODES else by_size
+    losses = config.losses
+    if mode == "generator" and config.mode_bn and losses.form == "normalized":
+        losses = dataclasses.replace(losses, bn=GENERATOR_BN)  # the generator's own balance (design.md)
+    if mode != by_size:
+        note = (f"mode: {mode}, as the shards already in {config.out} were made (--mode auto would take {by_size} "
+                f"for a new folder)")
+    elif mode == "generator":
+        note = (f"mode: generator (auto, for a {resolution}-px teacher): {config.generator.steps} adaptation steps a "
+                "batch, about a twentieth of the pixel optimisation's teacher passes; --mode pixels for "
+                "DeepInversion's pixel optimisation")
+    else:
+        note = None
+    return dataclasses.replace(config, mode=mode, losses=losses), note
