@@ -137,8 +137,12 @@ def remove_dataset_files(out: Path) -> None:
 
 
 def claimed_mode(out: Path, overwrite: bool = False) -> str | None:
-    """The synthesis mode of the dataset claimed in `out` (None: no claim, or it is to be overwritten)."""
-    existing = None if overwrite else read_claim(Path(out))
+    """The synthesis mode of the dataset claimed in `out` (None: no claim, or it is to be overwritten). A damaged
+    claim or another tool's folder is left to the folder checks, which say what is wrong."""
+    try:
+        existing = None if overwrite else read_claim(Path(out))
+    except DfgenError:
+        return None
     if existing is None or not isinstance(existing.get("content"), dict):
         return None
     return existing["content"].get("mode", "pixels")  # pixel-mode contents carry no mode entry

@@ -84,3 +84,6 @@ def test_a_pixel_folder_is_claimed_as_pixels(tmp_path):
     dfgen.synthesize(build_config(None, **{**TINY, "generator": None}, schedule="16:2", out=str(out)))
     assert claimed_mode(out) == "pixels"
     assert claimed_mode(tmp_path / "none") is None
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{not json")
+    assert claimed_mode(tmp_path / "damaged") is None  # the folder checks refuse it, naming the file
