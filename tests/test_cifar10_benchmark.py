@@ -52,13 +52,13 @@ def test_toy_benchmark_reports_every_row_and_resumes_from_its_cache(archive, tmp
     assert result["schedule"] == "8:2,16:2,32:2" and result["seeds"] == [0, 1]
     student = result["students"]["vgg8_bn_half"]
     assert set(student) == {"boundary", "plain", "generator", "real_kd", "real_1pct", "real_n20"}
-    for key in ("boundary", "plain"):
+    for key in cifar10.SYNTHETIC:
         assert len(student[key]["seeds"]) == 2
         assert student[key]["mean"] == pytest.approx(sum(student[key]["seeds"]) / 2, abs=1e-4)
-    assert set(result["students"]["dearkd_micro"]) == {"boundary", "plain", "real_kd", "real_1pct"}
+    assert set(result["students"]["dearkd_micro"]) == {"boundary", "plain", "generator", "real_kd", "real_1pct"}
     assert all(0 <= acc <= 1 for acc in result["students"]["dearkd_micro"].values())
     assert set(result["per_class"]) == {"boundary-s0", "boundary-s1", "plain-s0", "plain-s1", "generator-s0",
-                                        "real_kd-s0", "real_1pct-s0", "real_n20-s0"}
+                                        "generator-s1", "real_kd-s0", "real_1pct-s0", "real_n20-s0"}
     assert all(len(accs) == 10 for accs in result["per_class"].values())
     assert len(result["teacher"]["per_class"]) == 10
     # every synthetic set's cost from its dataset.json: all 20 images, each through the teacher a few times
@@ -68,7 +68,10 @@ def test_toy_benchmark_reports_every_row_and_resumes_from_its_cache(archive, tmp
         assert cost["teacher_passes"] / cost["per_image"]["teacher_passes"] == pytest.approx(20, rel=1e-3)
         assert set(result["judge_top1"]) == set(result["agreement"]) == set(cifar10.SYNTHETIC)
     assert result["published"]["Fast-10"] == {"top1": 0.9405, "hours": 0.28} and "JPEG" in result["caveat"]
-    assert set(result["ratios"]) == set(result["targets"])
+    assert set(result["ratios"]) == set(cifar10.SYNTHETIC)
+    assert all(set(ratios) == set(result["targets"]) for ratios in result["ratios"].values())
+    mean, real_n = student["generator"]["mean"], student["real_n20"]
+    assert result["ratios"]["generator"]["cnn_over_real_same_n"] == (round(mean / real_n, 4) if real_n else None)
     assert {"teacher", "judge", "synthesize_generator", "kd_boundary-s1", "dearkd_real_kd", "report",
             "export"} <= set(result["seconds"])
     # one row per class, 8 images of 64 px (2x) with 2 px gaps; each row's first tile is drawn (not the white canvas)
@@ -85,6 +88,13 @@ def test_toy_benchmark_reports_every_row_and_resumes_from_its_cache(archive, tmp
     assert again["students"] == result["students"] and again["cost"] == result["cost"]
     assert json.loads(row_file.read_text())["acc"] == result["students"]["vgg8_bn_half"]["boundary"]["seeds"][1]
     assert again["seconds"]["teacher"] == result["seconds"]["teacher"]  # the cached phase, not a second training
+
+    # one set alone (the tool's default mode at 32 px): its rows, from the same cache
+    alone = cifar10.main([*argv, "--sets", "generator"])
+    assert alone["sets"] == ["generator"] and set(alone["ratios"]) == {"generator"}
+    assert alone["students"]["vgg8_bn_half"]["generator"] == student["generator"]
+    assert set(alone["students"]["vgg8_bn_half"]) == {"generator", "real_kd", "real_1pct", "real_n20"}
+    assert set(alone["cost"]) == {"generator"}
 
 
 def test_teacher_training_resumes_after_an_interruption_to_the_same_weights(tmp_path):
