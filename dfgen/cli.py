@@ -79,7 +79,8 @@ def cli() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch, split into classes x images per "
               "class from the teacher's class count (50 with 10 classes: 10 x 5) unless --classes-per-batch or "
               "--images-per-class is given.")
-@click.option("--schedule", callback=_schedule, help="Stages res:iters,... [default: HALF:2000,FULL:2000].")
+@click.option("--schedule", callback=_schedule, help="Pixel-mode stages res:iters,... (given, --mode auto takes the "
+              "pixel mode) [from the teacher's size: HALF:2000,FULL:2000; below 128 px three stages of 200].")
 @click.option("--classes-per-batch", type=click.IntRange(min=1), help="Classes in a batch [min(C, 32)].")
 @click.option("--images-per-class", type=click.IntRange(min=1), help="Images of each class in a batch [4].")
 @click.option("--seed", type=int, help="Seed: images are functions of (seed, batch index) [0].")
