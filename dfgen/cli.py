@@ -95,8 +95,8 @@ def cli() -> None:
 @click.option("--tv-l2", type=float, help="Weight of the L2 total variation [0.439; paper form 1e-4].")
 @click.option("--tv-l1", type=float, help="Weight of the L1 total variation [0].")
 @click.option("--l2", type=float, help="Weight of the L2 image prior [0.00388; paper form 1e-5].")
-@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [100; 10 in the generator mode; "
-              "paper form 5e-2].")
+@click.option("--bn", type=float, help="Weight of the BatchNorm statistics loss [100; in the generator mode 10 for a "
+              "grey teacher, 30 for a colour one; paper form 5e-2].")
 @click.option("--first-bn-multiplier", type=float, help="Multiplier of the first BN layer [10].")
 @click.option("--ep", type=float, help="Weight of the easy-positive diversity loss [50].")
 @click.option("--triplet", type=float, help="Weight of the boundary triplet loss [0.5].")

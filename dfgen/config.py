@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfgen.amortized_settings import GENERATOR_BN, MODES, AmortizedSettings
+from dfgen.amortized_settings import MODES, AmortizedSettings
 from dfgen.config_file import read_config_file, refuse_unknown
 from dfgen.early_stop import DEFAULT_WINDOW, check_early_stop
 from dfgen.errors import DfgenError
@@ -135,8 +135,9 @@ class SynthesisConfig:
     # pixels where a pixel-mode option (a schedule, an early stop, a competitor) is given
     mode: str = AUTO
     generator: AmortizedSettings = field(default_factory=AmortizedSettings)
-    # auto mode: if it takes the generator, the generator's own BN weight replaces the losses' (build_config clears
-    # this where a BN weight is given); not part of the content, which records the weight itself
+    # the generator mode (given, or taken by auto) replaces the losses' BN weight with its own for the teacher's
+    # channels (dfgen.mode_choice, once the teacher is loaded); build_config clears this where a BN weight is given,
+    # and so should a caller who builds the losses themselves. Not part of the content, which records the weight
     mode_bn: bool = True
     # How it runs; not part of the content.
     device: str = "auto"
@@ -372,8 +373,6 @@ def build_config(yaml_path: str | Path | None = None, **overrides: Any) -> Synth
             data[key] = value
     if data.get("mode", AUTO) == AUTO and generator:
         data["mode"] = "generator"  # generator settings given: the intent is clear
-    bn_left = "bn" not in losses and losses.get("form", "normalized") == "normalized"
-    if data.get("mode") == "generator" and bn_left:
-        losses["bn"] = GENERATOR_BN  # the generator's own balance of BN statistics against the class (design.md)
-    data["mode_bn"] = bn_left
+    # no BN weight given: the generator mode's own, by the teacher's channels, once the teacher is known
+    data["mode_bn"] = "bn" not in losses and losses.get("form", "normalized") == "normalized"
     return SynthesisConfig(**data, losses=synthesis_losses(**losses), generator=AmortizedSettings(**generator))

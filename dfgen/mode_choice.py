@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dfgen.amortized_settings import GENERATOR_BN, MODES
+from dfgen.amortized_settings import MODES, generator_bn
 from dfgen.config import SynthesisConfig
 from dfgen.loss_weights import AUTO
 
@@ -21,24 +21,22 @@ def auto_mode(resolution: int) -> str:
     return "generator" if resolution <= GENERATOR_MAX_SIZE else "pixels"
 
 
-def resolve_mode(config: SynthesisConfig, resolution: int,
+def resolve_mode(config: SynthesisConfig, resolution: int, in_chans: int,
                  resumed: str | None = None) -> tuple[SynthesisConfig, str | None]:
-    """`config` with an auto mode decided, and a note saying what was decided (None where there is nothing to say).
-    `resumed`: the mode of the shards already in the output folder; a resumed run continues as it began."""
-    if config.mode != AUTO:
-        return config, None
+    """`config` with an auto mode decided and the generator mode's BN weight for a teacher of `in_chans` channels
+    where none was given (`config.mode_bn`), and a note saying what auto decided (None where there is nothing to
+    say). `resumed`: the mode of the shards already in the output folder; a resumed run continues as it began."""
     by_size = auto_mode(resolution)
-    mode = resumed if resumed in MODES else by_size
-    losses = config.losses
-    if mode == "generator" and config.mode_bn and losses.form == "normalized":
-        losses = dataclasses.replace(losses, bn=GENERATOR_BN)  # the generator's own balance (design.md)
-    if mode != by_size:
+    mode = config.mode if config.mode != AUTO else resumed if resumed in MODES else by_size
+    note = None
+    if config.mode == AUTO and mode != by_size:
         note = (f"mode: {mode}, as the shards already in {config.out} were made (--mode auto would take {by_size} "
                 f"for a new folder)")
-    elif mode == "generator":
+    elif config.mode == AUTO and mode == "generator":
         note = (f"mode: generator (auto, for a {resolution}-px teacher): {config.generator.steps} adaptation steps a "
                 "batch, about a twentieth of the pixel optimisation's teacher passes; --mode pixels for "
                 "DeepInversion's pixel optimisation")
-    else:
-        note = None
-    return dataclasses.replace(config, mode=mode, losses=losses), note
+    if mode == "generator" and config.mode_bn and config.losses.form == "normalized":
+        losses = dataclasses.replace(config.losses, bn=generator_bn(in_chans))  # its own balance (design.md)
+        config = dataclasses.replace(config, losses=losses, mode_bn=False)  # decided: a second call keeps it
+    return dataclasses.replace(config, mode=mode), note

@@ -169,7 +169,7 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
     """Why `out` is refused: for the execution alone, how to match it; else the keys the user asked differently
     (derived values follow from them), else the resolved keys that differ."""
     old = existing.get("content", {})
-    changed = _differing(old, content)
+    changed = sorted({key.split(".")[0] for key in _differing(old, content)})  # top-level keys
     if [k for k in changed if k != "precision"] == ["execution"] and isinstance(old.get("execution"), dict):
         was, now = old["execution"], content["execution"]
         flags = f"--precision {was.get('precision')}" + (" --compile" if was.get("compile") else "")
@@ -181,6 +181,7 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
         return (f"{out} was made by an earlier dfgen that did not record how its images were computed (device, "
                 "precision, --compile), so new shards could differ from its shards in their bytes; finish it with that "
                 "version, or pass --overwrite to replace it")
+    changed = _differing(old, content)
     if existing.get("requested") and existing["requested"] != requested:
         changed = _differing(existing["requested"], requested)
     return (f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
@@ -188,7 +189,18 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
 
 
 def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+    """The keys whose values differ; inside a group both sides have (the losses, the generator) the group's keys,
+    dotted ("losses.bn"), so the user sees which option to give."""
+    changed = []
+    for key in sorted(set(new) | set(old)):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):
+            changed += [f"{key}.{inner}" for inner in _differing(was, now)]
+        else:
+            changed.append(key)
+    return changed
 
 
 def _describe_execution(execution: dict[str, Any]) -> str:

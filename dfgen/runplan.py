@@ -144,7 +144,7 @@ def prepare(config: SynthesisConfig, teacher: Teacher | None = None, log: bool =
     device = resolve_device(config.device, local)
     if teacher is None:
         teacher = load_teacher(config.teacher, config.teacher_weights, device="cpu", **config.teacher_options())
-    config, mode_note = resolve_mode(config, teacher.resolution, resumed_mode)
+    config, mode_note = resolve_mode(config, teacher.resolution, teacher.in_chans, resumed_mode)
     check_writable_channels(teacher.in_chans, config.format)
     if config.class_names is not None and len(config.class_names) != teacher.num_classes:
         raise DfgenError(f"--class-names has {len(config.class_names)} names but teacher {teacher.name} has "

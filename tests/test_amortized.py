@@ -177,9 +177,14 @@ def test_cost_record_per_image():
 def test_generator_mode_has_its_own_bn_weight_unless_given():
     from dfgen.config import build_config
 
-    assert build_config(None, mode="generator").losses.bn == 10.0
-    assert build_config(None, mode="generator", bn=50.0).losses.bn == 50.0
-    assert build_config(None).losses.bn == build_config(None, mode="pixels").losses.bn == 100.0
+    def weight(**options):
+        return prepare(build_config(None, teacher="digits", **options), log=False).config.losses.bn
+
+    assert weight(mode="generator") == 10.0  # a grey teacher (colour teachers: tests/test_mode_choice.py)
+    assert weight(mode="generator", bn=50.0) == 50.0
+    assert weight() == 10.0 and weight(mode="pixels") == 100.0
+    assert SynthesisConfig(mode="generator").mode_bn  # the API's config takes the mode's weight too ...
+    assert not build_config(None, mode="generator", bn=100.0).mode_bn  # ... unless one is given
 
 
 def test_processes_beyond_the_chains_are_told_they_have_no_work(tmp_path, capsys):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import dfgen
+from benchmarks import cifar_nets
 from dfgen import mode_choice
-from dfgen.amortized_settings import GENERATOR_BN
+from dfgen.amortized_settings import COLOUR_GENERATOR_BN, GREY_GENERATOR_BN
 from dfgen.config import SynthesisConfig, build_config
 from dfgen.mode_choice import auto_mode, resolve_mode
 from dfgen.outdir import claimed_mode
@@ -34,22 +35,39 @@ def test_pixel_mode_options_and_generator_options_decide_auto_at_once():
     assert build_config(None, schedule="16:5").mode == "pixels"
     assert build_config(None, early_stop=0.01).mode == "pixels"
     given = build_config(None, gen_steps=5)
-    assert (given.mode, given.generator.steps, given.losses.bn) == ("generator", 5, GENERATOR_BN)
+    assert (given.mode, given.generator.steps, given.mode_bn) == ("generator", 5, True)
     assert build_config(None, mode="generator", schedule="16:5").mode == "generator"  # a mode given stands
 
 
-def test_the_generator_picked_by_auto_brings_its_own_bn_weight_unless_one_is_given():
-    config, note = resolve_mode(build_config(None, out="here"), 32)
-    assert (config.mode, config.losses.bn) == ("generator", GENERATOR_BN)
+def test_the_generator_brings_its_own_bn_weight_for_the_teachers_channels_unless_one_is_given():
+    config, note = resolve_mode(build_config(None, out="here"), 32, 1)
+    assert (config.mode, config.losses.bn) == ("generator", GREY_GENERATOR_BN)
     assert "mode: generator" in note and "--mode pixels" in note
-    assert resolve_mode(build_config(None, bn=50.0), 32)[0].losses.bn == 50.0
-    assert resolve_mode(build_config(None, bn=100.0), 32)[0].losses.bn == 100.0
-    paper = resolve_mode(build_config(None, losses={"form": "paper"}), 32)[0]
+    assert resolve_mode(build_config(None), 32, 3)[0].losses.bn == COLOUR_GENERATOR_BN
+    explicit = resolve_mode(build_config(None, mode="generator"), 224, 3)  # a mode given: no note, its own weight
+    assert (explicit[0].mode, explicit[0].losses.bn, explicit[1]) == ("generator", COLOUR_GENERATOR_BN, None)
+    assert resolve_mode(explicit[0], 224, 1)[0].losses.bn == COLOUR_GENERATOR_BN  # decided once, not again
+    assert resolve_mode(build_config(None, bn=50.0), 32, 3)[0].losses.bn == 50.0
+    assert resolve_mode(build_config(None, mode="generator", bn=100.0), 32, 1)[0].losses.bn == 100.0
+    paper = resolve_mode(build_config(None, losses={"form": "paper"}), 32, 3)[0]
     assert paper.losses.bn == build_config(None, losses={"form": "paper"}).losses.bn  # the paper form keeps its own
-    large, note = resolve_mode(build_config(None), 224)
+    large, note = resolve_mode(build_config(None), 224, 3)
     assert (large.mode, large.losses.bn, note) == ("pixels", 100.0, None)
-    explicit = build_config(None, mode="pixels")
-    assert resolve_mode(explicit, 32) == (explicit, None)
+    pixels = build_config(None, mode="pixels")
+    assert resolve_mode(pixels, 32, 3) == (pixels, None)
+
+
+def test_a_colour_teacher_records_the_colour_weight_and_a_grey_one_the_grey_weight(tmp_path):
+    def recorded(**options):
+        run = prepare(build_config(None, out=str(tmp_path), n=10, **options), log=False)
+        return run.config.mode, run.requested_content()["losses"]["bn"]
+
+    colour = dict(teacher=f"{Path(cifar_nets.__file__)}:vgg8_bn", image_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    assert recorded(**colour) == ("generator", COLOUR_GENERATOR_BN)
+    assert recorded(**colour, mode="generator") == ("generator", COLOUR_GENERATOR_BN)
+    assert recorded(**colour, mode="pixels") == ("pixels", 100.0)
+    assert recorded(**colour, bn=10.0) == ("generator", 10.0)
+    assert recorded(teacher="digits") == ("generator", GREY_GENERATOR_BN)
 
 
 def test_auto_has_the_content_of_the_mode_it_picks_and_a_resumed_mode_wins(tmp_path):
@@ -73,8 +91,8 @@ def test_a_folder_resumes_in_its_mode_when_auto_would_now_take_the_other(tmp_pat
     first = shard_bytes(out)
     assert claimed_mode(out) == "generator" and claimed_mode(out, overwrite=True) is None
     monkeypatch.setattr(mode_choice, "GENERATOR_MAX_SIZE", 16)  # a new folder would now be made in pixels
-    assert resolve_mode(SynthesisConfig(**TINY, out=str(tmp_path / "new")), 32)[0].mode == "pixels"
-    again = dfgen.synthesize(SynthesisConfig(**TINY, out=str(out), mode_bn=False))  # auto, the BN weight as made
+    assert resolve_mode(SynthesisConfig(**TINY, out=str(tmp_path / "new")), 32, 1)[0].mode == "pixels"
+    again = dfgen.synthesize(SynthesisConfig(**TINY, out=str(out)))  # auto: the generator's weight, as made
     assert again.complete and again.shards_made == [] and again.shards_skipped == [0]
     assert shard_bytes(out) == first
 

@@ -199,7 +199,7 @@ def test_a_changed_configuration_is_refused_before_the_probe(dfgen_cli, tmp_path
     code, _, err = dfgen_cli([*args, "--seed", "1", "--out", out])
     assert code == 1 and "different configuration (differs in: seed)" in err and not probed, err
     code, _, err = dfgen_cli([*args, "--ep", "0.5", "--out", out])  # a loss weight: known before the probe too
-    assert code == 1 and "differs in: losses" in err and not probed, err
+    assert code == 1 and "differs in: losses.ep)" in err and not probed, err
     code, _, err = dfgen_cli([*args, "--out", out])  # the same command: its recorded probe is reused
     assert code == 0 and "nothing to do" in err and not probed, err
 
