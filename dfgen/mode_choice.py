@@ -3,7 +3,8 @@ taught every student measured as well as the pixel mode, within about a point, f
 the teacher passes, on every teacher it was measured on; those teachers take 28 and 32 px inputs (MNIST,
 Fashion-MNIST, digits, CIFAR-10, stock ImageNet architectures fine-tuned on small images). Larger teachers keep
 DeepInversion's pixel optimisation, the method their presets were written for, until the generator is measured
-there (docs/design.md)."""
+there (docs/design.md). The generator mode, given or taken, brings its own BN statistics weight for the teacher's
+channels where none is given (dfgen.amortized_settings.generator_bn)."""
 
 from __future__ import annotations
 
