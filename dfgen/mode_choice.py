@@ -27,16 +27,17 @@ def resolve_mode(config: SynthesisConfig, resolution: int, in_chans: int,
     """`config` with an auto mode decided and the generator mode's BN weight for a teacher of `in_chans` channels
     where none was given (`config.mode_bn`), and a note saying what auto decided (None where there is nothing to
     say). `resumed`: the mode of the shards already in the output folder; a resumed run continues as it began."""
-    by_size = auto_mode(resolution)
-    mode = config.mode if config.mode != AUTO else resumed if resumed in MODES else by_size
-    note = None
-    if config.mode == AUTO and mode != by_size:
-        note = (f"mode: {mode}, as the shards already in {config.out} were made (--mode auto would take {by_size} "
-                f"for a new folder)")
-    elif config.mode == AUTO and mode == "generator":
-        note = (f"mode: generator (auto, for a {resolution}-px teacher): {config.generator.steps} adaptation steps a "
-                "batch, about a twentieth of the pixel optimisation's teacher passes; --mode pixels for "
-                "DeepInversion's pixel optimisation")
+    mode, note = config.mode, None
+    if mode == AUTO:
+        by_size = auto_mode(resolution)
+        mode = resumed if resumed in MODES else by_size
+        if mode != by_size:
+            note = (f"mode: {mode}, as the shards already in {config.out} were made (--mode auto would take "
+                    f"{by_size} for a new folder)")
+        elif mode == "generator":
+            note = (f"mode: generator (auto, for a {resolution}-px teacher): {config.generator.steps} adaptation "
+                    "steps a batch, about a twentieth of the pixel optimisation's teacher passes; --mode pixels for "
+                    "DeepInversion's pixel optimisation")
     if mode == "generator" and config.mode_bn and config.losses.form == "normalized":
         losses = dataclasses.replace(config.losses, bn=generator_bn(in_chans))  # its own balance (design.md)
         config = dataclasses.replace(config, losses=losses, mode_bn=False)  # decided: a second call keeps it

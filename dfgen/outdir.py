@@ -169,19 +169,19 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
     """Why `out` is refused: for the execution alone, how to match it; else the keys the user asked differently
     (derived values follow from them), else the resolved keys that differ."""
     old = existing.get("content", {})
-    changed = sorted({key.split(".")[0] for key in _differing(old, content)})  # top-level keys
-    if [k for k in changed if k != "precision"] == ["execution"] and isinstance(old.get("execution"), dict):
+    changed = _differing(old, content)
+    top = sorted({key.split(".")[0] for key in changed})  # "execution.device" -> "execution"
+    if [k for k in top if k != "precision"] == ["execution"] and isinstance(old.get("execution"), dict):
         was, now = old["execution"], content["execution"]
         flags = f"--precision {was.get('precision')}" + (" --compile" if was.get("compile") else "")
         return (f"{out} was made with {_describe_execution(was)}, but this process would compute with "
                 f"{_describe_execution(now)}, which writes different bytes into the same dataset; run it on a "
                 f"{was.get('device')} device with {flags}{'' if was.get('compile') else ' (no --compile)'}, or pass "
                 "--overwrite to replace it")
-    if changed == ["execution"] and old and "execution" not in old:
+    if top == ["execution"] and old and "execution" not in old:
         return (f"{out} was made by an earlier dfgen that did not record how its images were computed (device, "
                 "precision, --compile), so new shards could differ from its shards in their bytes; finish it with that "
                 "version, or pass --overwrite to replace it")
-    changed = _differing(old, content)
     if existing.get("requested") and existing["requested"] != requested:
         changed = _differing(existing["requested"], requested)
     return (f"{out} was made with a different configuration (differs in: {', '.join(changed)}); rerun the same "
@@ -189,8 +189,8 @@ def _mismatch(out: Path, existing: dict[str, Any], content: dict[str, Any], requ
 
 
 def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The keys whose values differ; inside a group both sides have (the losses, the generator) the group's keys,
-    dotted ("losses.bn"), so the user sees which option to give."""
+    """The keys whose values differ. Where both sides hold a group (the losses, the generator settings), its
+    differing keys are named inside it ("losses.bn"), so the user sees which option to give."""
     changed = []
     for key in sorted(set(new) | set(old)):
         was, now = old.get(key), new.get(key)

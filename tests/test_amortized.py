@@ -183,7 +183,8 @@ def test_generator_mode_has_its_own_bn_weight_unless_given():
     assert weight(mode="generator") == 10.0  # a grey teacher (colour teachers: tests/test_mode_choice.py)
     assert weight(mode="generator", bn=50.0) == 50.0
     assert weight() == 10.0 and weight(mode="pixels") == 100.0
-    assert SynthesisConfig(mode="generator").mode_bn  # the API's config takes the mode's weight too ...
+    api = SynthesisConfig(teacher="digits", mode="generator")  # the API's config takes the mode's weight too ...
+    assert prepare(api, log=False).config.losses.bn == 10.0
     assert not build_config(None, mode="generator", bn=100.0).mode_bn  # ... unless one is given
 
 
